@@ -1,0 +1,1 @@
+"""Continuous training as a Dagster asset graph."""

@@ -1,0 +1,162 @@
+"""`mlops-assets`: replay a dataset through the loop, inspect it, and act on the champion by hand."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from mlops_assets.config import DEFAULT_SPEC, Settings, SpecError, load_spec
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "data_dir", None):
+        os.environ["MLOPS_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if getattr(args, "spec", None):
+        os.environ["MLOPS_SPEC"] = str(Path(args.spec).resolve())
+    return Settings.from_env()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mlops_assets.replay import replay
+    from mlops_assets.summary import render_summary
+
+    settings = _settings(args)
+    spec = load_spec(settings.spec_path)
+    start = dt.date.fromisoformat(args.start) if args.start else spec.replay.start
+    end = dt.date.fromisoformat(args.end) if args.end else spec.replay.end
+    if args.days:
+        end = min(end, start + dt.timedelta(days=args.days - 1))
+    total = (end - start).days + 1
+    print(f"Replaying {spec.name} from {start} to {end} ({total} days) into {settings.data_dir}", flush=True)
+    bar = tqdm(total=total, unit="day", disable=args.quiet, file=sys.stderr)
+
+    def on_day(rec: object) -> None:
+        bar.update(1)
+        bar.set_postfix_str(
+            f"{rec.day} drift={rec.drift_share if rec.drift_share is not None else '-'} "  # type: ignore[attr-defined]
+            f"champion=v{rec.champion_version}"  # type: ignore[attr-defined]
+        )
+        if rec.retrain:  # type: ignore[attr-defined]
+            r = rec.retrain  # type: ignore[attr-defined]
+            bar.write(f"{rec.day}: retrain ({r['trigger']}) -> {r['decision']}: {r['gate_reason']}")  # type: ignore[attr-defined]
+
+    result = replay(settings.spec_path, settings, start=start, end=end, fresh=not args.resume, on_day=on_day)
+    bar.close()
+    print(render_summary(result, compare=not args.no_compare), flush=True)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.spec}: valid ({spec.name}: {spec.task}, {len(spec.feature_names)} features, metric {spec.metric})")
+    return 0
+
+
+def _registry(settings: Settings):  # type: ignore[no-untyped-def]
+    from mlops_assets.defs.resources import ModelRegistryResource
+
+    return ModelRegistryResource(tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    spec = load_spec(settings.spec_path)
+    reg = _registry(settings)
+    champ = reg.champion_info(spec.model_name)
+    if champ is None:
+        print(f"{spec.model_name}: no champion yet")
+        return 0
+    print(f"{spec.model_name}: champion v{champ.version} (baseline: {champ.is_baseline}, "
+          f"hold-out {spec.metric}: {champ.holdout_metric})")
+    for move in reg.history(spec.model_name)[-10:]:
+        print(f"  {move['at']}  v{move['previous']} -> v{move['version']}  by {move['actor']}: {move['reason']}")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from mlops_assets.defs.registry.actions import RegistryActionError, approve
+
+    settings = _settings(args)
+    try:
+        print(approve(_registry(settings), load_spec(settings.spec_path).model_name, args.version,
+                      actor=args.actor or getpass.getuser()))
+    except RegistryActionError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlops_assets.defs.registry.actions import RegistryActionError, rollback
+
+    settings = _settings(args)
+    try:
+        print(rollback(_registry(settings), load_spec(settings.spec_path).model_name,
+                       actor=args.actor or getpass.getuser(), reason=args.reason))
+    except RegistryActionError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlops-assets", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--spec", default=os.environ.get("MLOPS_SPEC", str(DEFAULT_SPEC)), help="dataset spec YAML")
+        sp.add_argument("--data-dir", help="where the embedded profile keeps its state (default ./data)")
+
+    r = sub.add_parser("replay", help="replay the dataset day by day through the continuous-training loop")
+    common(r)
+    r.add_argument("--start", help="first day (default: the spec's replay.start)")
+    r.add_argument("--end", help="last day (default: the spec's replay.end)")
+    r.add_argument("--days", type=int, help="replay only this many days")
+    r.add_argument("--resume", action="store_true", help="keep the existing state instead of starting fresh")
+    r.add_argument("--no-compare", action="store_true", help="skip the never/daily retraining comparison")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_replay)
+
+    v = sub.add_parser("validate", help="check a dataset spec and print every problem")
+    v.add_argument("spec")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("status", help="the champion and its recent moves")
+    common(s)
+    s.set_defaults(func=cmd_status)
+
+    a = sub.add_parser("approve", help="promote a version waiting for approval")
+    common(a)
+    a.add_argument("version")
+    a.add_argument("--actor")
+    a.set_defaults(func=cmd_approve)
+
+    rb = sub.add_parser("rollback", help="move the champion back to the previous version")
+    common(rb)
+    rb.add_argument("--reason", required=True)
+    rb.add_argument("--actor")
+    rb.set_defaults(func=cmd_rollback)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

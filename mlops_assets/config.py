@@ -1,0 +1,293 @@
+"""Dataset specs and deployment settings.
+
+A dataset is described only by its YAML spec, so adding one needs no code change; this module is the single
+place that turns YAML into validated objects, and every mistake is reported with the file and the key path so
+that a user can fix the spec without reading our code. Deployment settings (where data, the Dagster home and
+the MLflow store live) come from environment variables with embedded defaults under the project's data folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SPECS_DIR = Path(__file__).resolve().parent / "datasets" / "specs"
+DEFAULT_SPEC = SPECS_DIR / "flights.yaml"
+
+
+class SpecError(ValueError):
+    """A dataset spec that cannot be used, with every problem listed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    """Where a dataset's rows come from."""
+
+    kind: Literal["package", "folder", "file", "s3"]
+    package: str | None = None
+    path: str | None = None
+    pattern: str = "*"
+    bucket: str | None = None
+    prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceSpec:
+        if self.kind == "package" and not (self.package and self.path):
+            raise ValueError("a package source needs `package` and `path` (a file inside the package)")
+        if self.kind in ("folder", "file") and not self.path:
+            raise ValueError(f"a {self.kind} source needs `path`")
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("an s3 source needs `bucket` (and usually `prefix`)")
+        return self
+
+
+class ColumnRule(_Strict):
+    """Type and range rules for one raw column; rows breaking a rule are quarantined with the rule named."""
+
+    type: Literal["int", "float", "string", "bool", "timestamp", "date"]
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> ColumnRule:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class FeatureColumn(_Strict):
+    type: Literal["numeric", "categorical"]
+    expr: str | None = None
+    keep: bool = True
+
+
+class AsOf(_Strict):
+    left: str
+    right: str
+
+
+class LookupSpec(_Strict):
+    """A side table joined to each event, exactly on keys or as of the event's time."""
+
+    name: str
+    source: SourceSpec
+    keys: dict[str, str]
+    asof: AsOf | None = None
+    columns: dict[str, FeatureColumn]
+
+
+class LabelRate(_Strict):
+    by: list[str]
+    window_days: int = Field(ge=1)
+
+
+class FeaturesSpec(_Strict):
+    columns: dict[str, FeatureColumn]
+    lookups: list[LookupSpec] = []
+    derived: dict[str, FeatureColumn] = {}
+    label_rates: dict[str, LabelRate] = {}
+
+
+class TargetSpec(_Strict):
+    name: str
+    expr: str
+    label_delay_days: int = Field(default=0, ge=0)
+
+
+class ReplaySpec(_Strict):
+    start: dt.date
+    end: dt.date
+
+    @model_validator(mode="after")
+    def _order(self) -> ReplaySpec:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+        return self
+
+
+class MonitoringSpec(_Strict):
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    evidently_every_days: int = Field(default=1, ge=0)
+    reference_max_rows: int = Field(default=200_000, ge=100)
+    decay_tolerance: float = Field(default=0.02, ge=0)
+    decay_window_days: int = Field(default=7, ge=1)
+
+
+class PolicySpec(_Strict):
+    drift_share_threshold: float = Field(default=0.3, gt=0, le=1)
+    decay: bool = True
+    cooldown_days: int = Field(default=7, ge=0)
+    min_new_labelled_rows: int = Field(default=5000, ge=0)
+    max_per_day: int = Field(default=1, ge=1)
+    max_per_week: int = Field(default=2, ge=1)
+    max_report_age_days: int = Field(default=2, ge=0)
+    bootstrap_min_rows: int = Field(default=20000, ge=1)
+
+
+class TrainingSpec(_Strict):
+    holdout_days: int = Field(default=7, ge=1)
+    validation_days: int = Field(default=7, ge=1)
+    slices: list[str] = []
+
+
+class GateSpec(_Strict):
+    min_delta: float = Field(default=0.002, ge=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    max_slice_regression: float = Field(default=0.02, ge=0)
+    require_approval: bool = False
+
+
+class DatasetSpec(_Strict):
+    """One dataset, end to end: source, schema, features, target, thresholds and the search space."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    task: Literal["classification", "regression"]
+    metric: Literal["roc_auc", "log_loss", "accuracy", "rmse", "mae", "r2"]
+    source: SourceSpec
+    schema_: dict[str, ColumnRule] = Field(alias="schema")
+    event_time: str
+    entity: list[str]
+    target: TargetSpec
+    features: FeaturesSpec
+    replay: ReplaySpec
+    monitoring: MonitoringSpec = MonitoringSpec()
+    policy: PolicySpec = PolicySpec()
+    training: TrainingSpec = TrainingSpec()
+    gate: GateSpec = GateSpec()
+    search: dict[str, Any]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        classification_metrics = {"roc_auc", "log_loss", "accuracy"}
+        if (self.metric in classification_metrics) != (self.task == "classification"):
+            raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        for col in self.entity:
+            if col not in self.schema_:
+                raise ValueError(f"entity column {col!r} is not in `schema`")
+        names = self.feature_names
+        if len(names) != len(set(names)):
+            raise ValueError(f"feature names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        for name, rate in self.features.label_rates.items():
+            missing = [c for c in rate.by if c not in self.features.columns and c not in self.schema_]
+            if missing:
+                raise ValueError(f"label_rates.{name}.by names unknown columns {missing}")
+        for c in self.training.slices:
+            if c not in names:
+                raise ValueError(f"training.slices names {c!r}, which is not a feature")
+        return self
+
+    # --- derived views the rest of the code needs -------------------------------------------------------
+    @property
+    def feature_columns(self) -> dict[str, FeatureColumn]:
+        """Every model input in a stable order: base columns, lookup columns, derived, label rates."""
+        out: dict[str, FeatureColumn] = {}
+        out.update({k: v for k, v in self.features.columns.items() if v.keep})
+        for lk in self.features.lookups:
+            out.update({k: v for k, v in lk.columns.items() if v.keep})
+        out.update({k: v for k, v in self.features.derived.items() if v.keep})
+        out.update({k: FeatureColumn(type="numeric") for k in self.features.label_rates})
+        return out
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.feature_columns)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [k for k, v in self.feature_columns.items() if v.type == "numeric"]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [k for k, v in self.feature_columns.items() if v.type == "categorical"]
+
+    @cached_property
+    def spec_hash(self) -> str:
+        """Hash of the spec's content: part of every model's lineage, so a spec edit is visible."""
+        payload = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.name}_model"
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {err.error_count()} problem(s) in the dataset spec"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and level)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Read and validate a spec file; every problem is reported at once, each with its key path."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such dataset spec")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a dataset spec is a mapping of keys, got {type(raw).__name__}")
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(path, exc)) from None
+
+
+class Settings(BaseModel):
+    """Where things live. Embedded defaults put everything under one data folder; production overrides each
+    location with an environment variable, so switching profiles is configuration, not code."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path
+    spec_path: Path
+    lake_uri: str
+    duckdb_path: Path
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    profile: Literal["embedded", "production"]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("MLOPS_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+        return cls(
+            data_dir=data_dir,
+            spec_path=Path(env.get("MLOPS_SPEC", DEFAULT_SPEC)),
+            lake_uri=env.get("MLOPS_LAKE_URI", str(data_dir / "lake")),
+            duckdb_path=Path(env.get("MLOPS_DUCKDB_PATH", data_dir / "feature_store.duckdb")),
+            mlflow_tracking_uri=env.get(
+                "MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+            ),
+            mlflow_artifact_root=env.get("MLOPS_MLFLOW_ARTIFACT_ROOT", str(data_dir / "mlflow" / "artifacts")),
+            profile=env.get("MLOPS_PROFILE", "embedded"),  # type: ignore[arg-type]
+        )
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"

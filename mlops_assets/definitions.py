@@ -1,0 +1,87 @@
+"""The one entry point: every domain's definitions merged, resources picked by the profile in force."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_mlflow import end_mlflow_on_run_finished
+
+from mlops_assets.config import Settings, load_spec
+from mlops_assets.defs.features.assets import build_features
+from mlops_assets.defs.ingestion.assets import build_ingestion
+from mlops_assets.defs.monitoring.assets import build_monitoring
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, retrain_sensor
+from mlops_assets.defs.partitions import daily_partitions
+from mlops_assets.defs.registry.assets import build_registry
+from mlops_assets.defs.registry.jobs import build_registry_jobs
+from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.serving.assets import build_serving
+from mlops_assets.defs.training.assets import build_training
+
+DAILY_ASSETS = ["raw_batches", "labels", "features", "drift_report", "batch_predictions", "performance_report"]
+TRAINING_ASSETS = ["training_dataset", "candidate_models", "evaluation_report", "registered_model_version", "champion"]
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    spec = load_spec(settings.spec_path)
+    partitions = daily_partitions(spec)
+    # Light steps stay in one process: a daily tick is a few hundred milliseconds of real work per asset,
+    # and a process per step would cost more than the work.
+    daily_job = dg.define_asset_job(
+        "daily_job",
+        selection=DAILY_ASSETS,
+        partitions_def=partitions,
+        executor_def=dg.in_process_executor,
+        description="One day through ingestion, features, monitoring and batch predictions.",
+    )
+    retrain_job = dg.define_asset_job(
+        RETRAIN_JOB,
+        selection=TRAINING_ASSETS,
+        executor_def=dg.in_process_executor,
+        hooks={end_mlflow_on_run_finished},
+        description="Training set, sweep, evaluation, registration and the promotion gate.",
+        tags={"mlops/dataset": spec.name},
+    )
+    bootstrap_job = dg.define_asset_job(
+        "bootstrap_job",
+        selection=["lookup_tables", "baseline_model"],
+        executor_def=dg.in_process_executor,
+        description="Side tables into the feature store and a baseline champion, once before the first day.",
+    )
+    daily_schedule = dg.build_schedule_from_partitioned_job(
+        daily_job, hour_of_day=2, name="daily_monitoring_schedule",
+        description="Each day after midnight: the previous day through ingestion, monitoring and predictions.",
+    )
+
+    @dg.schedule(job=retrain_job, cron_schedule="0 4 * * 0", name="weekly_retrain_schedule",
+                 description="A periodic retrain every Sunday, whatever the monitors say; the gate still decides.")
+    def weekly_retrain(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        as_of = context.scheduled_execution_time.date().isoformat()
+        return dg.RunRequest(
+            run_key=f"weekly:{as_of}",
+            run_config={"ops": {"training_dataset": {"config": {"as_of": "", "trigger": "schedule"}}}},
+            tags={"mlops/dataset": spec.name, "mlops/trigger": "schedule", "mlops/as_of": as_of},
+        )
+
+    domains = dg.Definitions.merge(
+        build_ingestion(spec),
+        build_features(spec),
+        build_monitoring(spec, settings),
+        build_training(spec, settings),
+        build_registry(spec),
+        build_registry_jobs(spec),
+        build_serving(spec),
+    )
+    return dg.Definitions.merge(
+        domains,
+        dg.Definitions(
+            jobs=[daily_job, retrain_job, bootstrap_job],
+            schedules=[daily_schedule, weekly_retrain],
+            sensors=[retrain_sensor],
+            resources=build_resources(settings),
+        ),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(Settings.from_env())

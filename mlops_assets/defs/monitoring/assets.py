@@ -1,0 +1,187 @@
+"""Monitoring: the day's data against the champion's training data, and the champion's quality once labels
+arrive. Both reports end in metadata (`drift_detected`, `decay_detected`) that the retrain sensor reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.defs.partitions import daily_partitions, partition_day
+from mlops_assets.defs.resources import (
+    ChampionInfo,
+    FeatureStoreResource,
+    LakeResource,
+    ModelRegistryResource,
+    SpecResource,
+)
+from mlops_assets.ml.decay import detect_decay
+from mlops_assets.ml.drift import ReferenceProfile
+from mlops_assets.ml.plots import drift_over_time, metric_over_time
+from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.lake import Lake
+
+GROUP = "monitoring"
+WARMUP_DAYS = 14  # before the first trained champion, the first two weeks stand in as the reference
+
+
+_PROFILES: dict[tuple[str, str], ReferenceProfile] = {}
+
+
+def _profile_from_lake(key: str, sha: str, lake: Lake) -> ReferenceProfile:
+    """Profiles are content-addressed, so (key, checksum) identifies one for good: read it once."""
+    if (key, sha) not in _PROFILES:
+        _PROFILES[(key, sha)] = ReferenceProfile.from_json(lake.read_blob(key, expected_sha256=sha).decode())
+    return _PROFILES[(key, sha)]
+
+
+def reference_profile(
+    spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStore, lake: Lake, day: dt.date
+) -> tuple[ReferenceProfile | None, str]:
+    """(profile, what it describes). The champion's training data when there is one; else the warm-up."""
+    if champion is not None and champion.tags.get("mlops.reference_profile_key"):
+        key, sha = champion.tags["mlops.reference_profile_key"], champion.tags["mlops.reference_profile_sha256"]
+        return _profile_from_lake(key, sha, lake), f"training data of v{champion.version}"
+    first = spec.replay.start
+    last = first + dt.timedelta(days=WARMUP_DAYS - 1)
+    if day <= last:
+        return None, f"warm-up: reference builds from {first} to {last}"
+    with store.connect(read_only=True) as con:
+        warm = con.execute("SELECT * FROM features WHERE event_day BETWEEN ? AND ?", [first, last]).df()
+    profile = ReferenceProfile.from_frame(warm, numeric=spec.numeric_features, categorical=spec.categorical_features)
+    return profile, f"warm-up days {first} to {last} ({len(warm)} rows)"
+
+
+def reference_rows(spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStore, lake: Lake) -> pd.DataFrame:
+    """Rows for Evidently's HTML report (it needs rows, not a sketch): a sample of the same reference."""
+    if champion is not None and champion.tags.get("mlops.training_dataset_key"):
+        frame = lake.read_frame(champion.tags["mlops.training_dataset_key"],
+                                expected_sha256=champion.tags.get("mlops.training_dataset_sha256"))
+    else:
+        first = spec.replay.start
+        with store.connect(read_only=True) as con:
+            frame = con.execute("SELECT * FROM features WHERE event_day < ?",
+                                [first + dt.timedelta(days=WARMUP_DAYS)]).df()
+    n = min(len(frame), spec.monitoring.reference_max_rows, 20_000)
+    return frame.sample(n=n, random_state=0) if n < len(frame) else frame
+
+
+def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    partitions = daily_partitions(spec)
+    reports = settings.reports_dir / spec.name
+
+    @dg.asset(partitions_def=partitions, group_name=GROUP, kinds={"evidently", "duckdb"},
+              deps=["features", "champion"])
+    def drift_report(
+        context: dg.AssetExecutionContext,
+        spec: SpecResource,
+        feature_store: FeatureStoreResource,
+        lake: LakeResource,
+        registry: ModelRegistryResource,
+    ) -> dg.MaterializeResult:
+        """The day's features against the champion's training data: a per-column test over every row
+        (our engine, the same test choice as Evidently's DataDriftPreset), plus Evidently's HTML report
+        for people on the spec's cadence."""
+        ds = spec.get()
+        day = partition_day(context)
+        store, lk = feature_store.store(), lake.lake()
+        champion = registry.champion_info(ds.model_name)
+        current = store.features_for_day(day)
+        profile, described = reference_profile(ds, champion, store, lk, day)
+        meta: dict[str, Any] = {
+            "reference": described,
+            "champion_version": champion.version if champion else None,
+            "champion_is_baseline": champion.is_baseline if champion else True,
+            "rows": len(current),
+        }
+        if profile is None or current.empty:
+            context.log.info(f"{day}: no drift test ({described if profile is None else 'no rows today'})")
+            meta.update({"drift_share": 0.0, "drift_detected": False, "drifted_columns": [], "tested": False})
+            return dg.MaterializeResult(metadata=meta)
+        result = profile.compare(current, drift_share=ds.monitoring.drift_share)
+        table = result.to_frame()
+        store.save_history("drift_history", day, table.assign(drift_share=result.drift_share))
+        context.log.info(
+            f"{day}: drift share {result.drift_share:.2f} over {len(table)} columns; drifted: {result.drifted_columns()}"
+        )
+        plot = drift_over_time(store.read_history("drift_history"), reports / "drift" / f"drift_{day}.png",
+                               threshold=ds.monitoring.drift_share)
+        meta.update({
+            "drift_share": float(result.drift_share),
+            "drift_detected": bool(result.drift_detected),
+            "drifted_columns": result.drifted_columns(),
+            "n_drifted": len(result.drifted_columns()),
+            "tested": True,
+            "columns": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
+            "drift_over_time": dg.MetadataValue.path(str(plot)),
+        })
+        every = ds.monitoring.evidently_every_days
+        days_in = (day - ds.replay.start).days
+        if every and days_in % every == 0:
+            from mlops_assets.ml.evidently_reports import data_drift_html
+
+            html = reports / "evidently" / f"data_drift_{day}.html"
+            summary = data_drift_html(reference_rows(ds, champion, store, lk), current,
+                                      numeric=ds.numeric_features, categorical=ds.categorical_features, path=html)
+            meta["evidently_report"] = dg.MetadataValue.path(str(html))
+            meta["evidently_drift_share"] = summary.get("drift_share")
+        return dg.MaterializeResult(metadata=meta)
+
+    @dg.asset(partitions_def=partitions, group_name=GROUP, kinds={"duckdb"},
+              deps=["labels", "batch_predictions", "champion"])
+    def performance_report(
+        context: dg.AssetExecutionContext,
+        spec: SpecResource,
+        feature_store: FeatureStoreResource,
+        registry: ModelRegistryResource,
+    ) -> dg.MaterializeResult:
+        """The champion's metric on the days whose labels have now arrived, against its hold-out score.
+
+        Scores the prediction log (what was actually served), only the current champion's predictions, over
+        a rolling window with a bootstrap interval so that one bad day does not read as decay."""
+        ds = spec.get()
+        day = partition_day(context)
+        store = feature_store.store()
+        champion = registry.champion_info(ds.model_name)
+        window = ds.monitoring.decay_window_days
+        scored = store.scored_labels(day - dt.timedelta(days=window + ds.target.label_delay_days), day)
+        meta: dict[str, Any] = {"champion_version": champion.version if champion else None,
+                                "champion_is_baseline": champion.is_baseline if champion else True}
+        if champion is None or scored.empty:
+            meta.update({"decay_detected": False, "reason": "no scored predictions with labels yet", "rows": 0})
+            return dg.MaterializeResult(metadata=meta)
+        all_scored = scored
+        scored = scored[scored["model_version"] == champion.version]
+        reference = champion.holdout_metric
+        latest_day = pd.Timestamp(all_scored["day"].max()).date()
+        day_rows = all_scored[pd.to_datetime(all_scored["day"]).dt.date == latest_day]
+        if scored.empty or reference is None or champion.is_baseline:
+            why = ("champion is the baseline: nothing to decay from" if champion.is_baseline or reference is None
+                   else "no labelled predictions of this champion yet")
+            meta.update({"decay_detected": False, "reason": why, "rows": len(scored)})
+            return dg.MaterializeResult(metadata=meta)
+        result = detect_decay(scored, metric=ds.metric, reference_value=reference,
+                              tolerance=ds.monitoring.decay_tolerance, window_days=window)
+        history_row = pd.DataFrame([{
+            "scored_day": pd.Timestamp(latest_day), "day_value": result.day_value, "window_value": result.window_value,
+            "ci_low": result.ci_low, "ci_high": result.ci_high, "reference": reference,
+            "model_version": champion.version, "decay_detected": result.decay_detected, "n_rows": result.n_rows,
+        }])
+        store.save_history("performance_history", day, history_row)
+        plot = metric_over_time(store.read_history("performance_history"),
+                                reports / "performance" / f"metric_{day}.png", metric=ds.metric,
+                                reference=reference, tolerance=ds.monitoring.decay_tolerance)
+        context.log.info(f"{day}: {result.reason}")
+        meta.update(result.to_dict())
+        meta.update({
+            "decay_detected": bool(result.decay_detected),
+            "scored_day": latest_day.isoformat(),
+            "rows_scored_day": len(day_rows),
+            "metric_over_time": dg.MetadataValue.path(str(plot)),
+        })
+        return dg.MaterializeResult(metadata=meta)
+
+    return dg.Definitions(assets=[drift_report, performance_report])

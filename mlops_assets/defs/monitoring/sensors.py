@@ -1,0 +1,157 @@
+"""The retrain sensor: turns drift and performance reports into one retrain decision, with its reason.
+
+State that must survive a restart (past retrains, runs in flight, labelled rows) is read from the Dagster
+instance itself, not kept in memory; the cursor only records which report materializations were already
+counted, so each report counts once and a restarted daemon resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from mlops_assets.config import DatasetSpec
+from mlops_assets.defs.resources import SpecResource
+from mlops_assets.ml.policy import Decision, PolicyState, RetrainPolicy, Signal, decide
+
+RETRAIN_JOB = "retrain_job"
+SENSOR_NAME = "retrain_sensor"
+TAG_AS_OF = "mlops/as_of"
+TAG_TRIGGER = "mlops/trigger"
+TAG_REASON = "mlops/reason"
+TAG_LABELLED = "mlops/labelled_rows"
+TAG_DATASET = "mlops/dataset"
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+REPORTS = {"drift": "drift_report", "decay": "performance_report"}
+
+
+def policy_from_spec(spec: DatasetSpec) -> RetrainPolicy:
+    return RetrainPolicy(**spec.policy.model_dump())
+
+
+def _value(record: Any, key: str, default: Any = None) -> Any:
+    md = record.asset_materialization.metadata if record.asset_materialization else {}
+    v = md.get(key)
+    return getattr(v, "value", default) if v is not None else default
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation saw and decided; the demo prints these, the UI shows them as skip reasons/tags."""
+
+    decision: Decision
+    today: dt.date | None
+    run_request: dg.RunRequest | None
+    cursor: str
+
+
+def training_run_config(as_of: dt.date, trigger: str) -> dict[str, Any]:
+    return {"ops": {"training_dataset": {"config": {"as_of": as_of.isoformat(), "trigger": trigger}}}}
+
+
+def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, labelled: int) -> dict[str, str]:
+    return {
+        TAG_DATASET: spec.name,
+        TAG_AS_OF: as_of.isoformat(),
+        TAG_TRIGGER: trigger,
+        TAG_REASON: reason[:250],
+        TAG_LABELLED: str(labelled),
+    }
+
+
+def policy_state(instance: dg.DagsterInstance, spec: DatasetSpec, today: dt.date,
+                 champion_is_baseline: bool) -> PolicyState:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={TAG_DATASET: spec.name}))
+    days = sorted(dt.date.fromisoformat(r.tags[TAG_AS_OF]) for r in runs if TAG_AS_OF in r.tags)
+    in_flight = any(r.status in IN_FLIGHT for r in runs)
+    last_rows = max((int(r.tags.get(TAG_LABELLED, 0)) for r in runs), default=0)
+    latest_labels = instance.get_latest_materialization_event(dg.AssetKey("labels"))
+    total = 0
+    if latest_labels is not None and latest_labels.asset_materialization is not None:
+        v = latest_labels.asset_materialization.metadata.get("total_labelled_rows")
+        total = int(getattr(v, "value", 0) or 0)
+    return PolicyState(
+        today=today,
+        last_retrain_day=days[-1] if days else None,
+        retrain_days=tuple(days),
+        labelled_rows_since_last_retrain=max(total - last_rows, 0),
+        total_labelled_rows=total,
+        champion_is_baseline=champion_is_baseline,
+        run_in_flight=in_flight,
+    )
+
+
+def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, cursor: str | None) -> Evaluation:
+    """One evaluation of the policy over the reports materialized since `cursor`."""
+    seen = {"drift": 0, "decay": 0, **(json.loads(cursor) if cursor else {})}
+    signals: list[Signal] = []
+    latest_drift: Any = None
+    new_seen = dict(seen)
+    for kind, asset in REPORTS.items():
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=seen[kind] or None),
+            limit=1000,
+            ascending=True,
+        )
+        for rec in result.records:
+            new_seen[kind] = max(new_seen[kind], rec.storage_id)
+            day = dt.date.fromisoformat(rec.partition_key) if rec.partition_key else None
+            if day is None:
+                continue
+            if kind == "drift":
+                latest_drift = rec
+                if not _value(rec, "tested", False):
+                    continue
+                signals.append(Signal("drift", day, float(_value(rec, "drift_share", 0.0)),
+                                      bool(_value(rec, "drift_detected", False))))
+            else:
+                if _value(rec, "window_value") is None:
+                    continue
+                signals.append(Signal("decay", day, float(_value(rec, "window_value", 0.0)),
+                                      bool(_value(rec, "decay_detected", False))))
+    new_cursor = json.dumps(new_seen, sort_keys=True)
+    if new_seen == seen:
+        return Evaluation(Decision(False, "none", "skip: no new drift or performance report"), None, None, new_cursor)
+    days = [s.day for s in signals]
+    if latest_drift is not None and latest_drift.partition_key:
+        days.append(dt.date.fromisoformat(latest_drift.partition_key))
+    today = max(days) if days else None
+    if today is None:
+        return Evaluation(Decision(False, "none", "skip: new reports carry no partition"), None, None, new_cursor)
+    baseline = bool(_value(latest_drift, "champion_is_baseline", True)) if latest_drift is not None else True
+    state = policy_state(instance, spec, today, baseline)
+    decision = decide(signals, state, policy_from_spec(spec))
+    request = None
+    if decision.retrain:
+        request = dg.RunRequest(
+            run_key=f"retrain:{spec.name}:{today.isoformat()}:{decision.trigger}",
+            run_config=training_run_config(today, decision.trigger),
+            tags=retrain_tags(spec, today, decision.trigger, decision.reason, state.total_labelled_rows),
+        )
+    return Evaluation(decision, today, request, new_cursor)
+
+
+@dg.sensor(
+    name=SENSOR_NAME,
+    job_name=RETRAIN_JOB,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests a retrain when drift or decay crosses the spec's thresholds and the retrain policy "
+    "(cool-down, new labelled rows, ceilings per day and week, nothing in flight) allows it.",
+)
+def retrain_sensor(context: dg.SensorEvaluationContext, spec: SpecResource) -> dg.SensorResult:
+    ds = spec.get()
+    ev = evaluate(context.instance, ds, context.cursor)
+    context.log.info(f"retrain decision ({ev.today}): {ev.decision.reason}")
+    if ev.run_request is not None:
+        return dg.SensorResult(run_requests=[ev.run_request], cursor=ev.cursor)
+    return dg.SensorResult(skip_reason=dg.SkipReason(ev.decision.reason), cursor=ev.cursor)

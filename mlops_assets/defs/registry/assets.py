@@ -1,0 +1,206 @@
+"""The registry: every challenger becomes a version with its lineage; the `champion` alias moves only when
+the gate says so. Until the first trained model, a baseline version holds the alias."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import lru_cache
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from mlops_assets.config import PROJECT_ROOT, DatasetSpec
+from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, ModelRegistryResource, SpecResource
+from mlops_assets.defs.training.assets import split_days
+from mlops_assets.ml.drift import ReferenceProfile
+from mlops_assets.ml.models import build_model, log_model
+from mlops_assets.storage.models import directory_digest, download
+
+GROUP = "registry"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit the code runs from (MLOPS_CODE_VERSION overrides it where there is no checkout)."""
+    if os.environ.get("MLOPS_CODE_VERSION"):
+        return os.environ["MLOPS_CODE_VERSION"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def history_table(history: list[dict[str, Any]]) -> str:
+    if not history:
+        return "no champion moves yet"
+    return pd.DataFrame(history[::-1]).to_markdown(index=False)
+
+
+def register_version(registry: ModelRegistryResource, spec: DatasetSpec, model_uri: str, run_id: str | None,
+                     tags: dict[str, str]) -> Any:
+    import mlflow
+
+    registry.ensure_model(spec.model_name)
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    mv = registry.client.create_model_version(spec.model_name, source=model_uri, run_id=run_id, tags=tags)
+    return mv
+
+
+def _baseline_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, np.ndarray]:
+    """Two placeholder rows to fit the prior on when no label exists yet: the baseline then scores every
+    event alike, which is exactly what 'no model yet' means."""
+    row = {c: (0.0 if c in spec.numeric_features else "unknown") for c in spec.feature_names}
+    y = np.array([0, 1]) if spec.task == "classification" else np.array([0.0, 0.0])
+    return pd.DataFrame([row, row]), y
+
+
+def build_registry(spec: DatasetSpec) -> dg.Definitions:
+    @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["lookup_tables"])
+    def baseline_model(
+        context: dg.AssetExecutionContext,
+        spec: SpecResource,
+        feature_store: FeatureStoreResource,
+        registry: ModelRegistryResource,
+    ) -> dg.MaterializeResult:
+        """A prior-only model that holds the champion alias until the first trained model beats it, so that
+        predictions are served from day one."""
+        import mlflow
+
+        ds = spec.get()
+        current = registry.champion_info(ds.model_name)
+        if current is not None:
+            return dg.MaterializeResult(metadata={"registered": False, "reason": f"champion exists (v{current.version})"})
+        frame = feature_store.store().training_frame(pd.Timestamp.max.date())
+        if len(frame):
+            X, y = frame[ds.feature_names], frame[ds.target.name].to_numpy()
+            fitted_on = f"{len(frame)} labelled rows"
+        else:
+            X, y = _baseline_frame(ds)
+            fitted_on = "no labels yet (uninformative prior)"
+        model = build_model("baseline", {}, task=ds.task, numeric=ds.numeric_features,
+                            categorical=ds.categorical_features, seed=0).fit(X, y)
+        from mlops_assets.defs.resources import ensure_experiment
+
+        mlflow.set_tracking_uri(registry.tracking_uri)
+        exp_root = registry.artifact_root
+        mlflow.set_experiment(experiment_id=ensure_experiment(registry.tracking_uri, ds.name, exp_root))
+        with mlflow.start_run(run_name="baseline") as run:
+            info = log_model(model, name="model", input_example=X.head(2))
+            mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
+        sha = directory_digest(download(info.model_uri, registry.tracking_uri))
+        mv = register_version(registry, ds, info.model_uri, run.info.run_id, {
+            "mlops.is_baseline": "true", "mlops.metric": ds.metric, "mlops.model_sha256": sha,
+            "mlops.fitted_on": fitted_on, "mlops.code_version": code_version(), "mlops.spec_hash": ds.spec_hash,
+            "mlops.dagster_run_id": context.run_id, "mlops.gate": "first_model",
+        })
+        registry.move_champion(ds.model_name, str(mv.version), reason=f"baseline until a trained model ({fitted_on})",
+                               actor="baseline_model")
+        context.log.info(f"registered baseline v{mv.version} as champion ({fitted_on})")
+        return dg.MaterializeResult(metadata={"registered": True, "version": str(mv.version), "fitted_on": fitted_on})
+
+    @dg.asset(group_name=GROUP, kinds={"mlflow"})
+    def registered_model_version(
+        context: dg.AssetExecutionContext,
+        training_dataset: dict[str, Any],
+        candidate_models: dict[str, Any],
+        evaluation_report: dict[str, Any],
+        spec: SpecResource,
+        lake: LakeResource,
+        registry: ModelRegistryResource,
+    ) -> dg.Output[dict[str, Any]]:
+        """The challenger as a registry version, promoted or not, with the lineage that leads back to exactly
+        the data, spec and code that made it, and the reference profile drift is measured against."""
+        ds = spec.get()
+        lk = lake.lake()
+        frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
+        train = split_days(frame, ds)["train"]
+        profile = ReferenceProfile.from_frame(train, numeric=ds.numeric_features, categorical=ds.categorical_features)
+        prof_key, prof_sha = lk.write_blob("profiles", ds.name, profile.to_json().encode(), ".json")
+        decision = evaluation_report["decision"]
+        tags = {
+            "mlops.is_baseline": "false",
+            "mlops.metric": ds.metric,
+            "mlops.holdout_metric": f"{evaluation_report['challenger_holdout']:.6f}",
+            "mlops.valid_metric": f"{candidate_models['valid_score']:.6f}",
+            "mlops.model_sha256": candidate_models["model_sha256"],
+            "mlops.family": candidate_models["family"],
+            "mlops.window_days": str(candidate_models["window_days"]),
+            "mlops.training_dataset_key": training_dataset["key"],
+            "mlops.training_dataset_sha256": training_dataset["sha256"],
+            "mlops.training_as_of": training_dataset["as_of"],
+            "mlops.training_spans": str(training_dataset["spans"]),
+            "mlops.spec_hash": ds.spec_hash,
+            "mlops.code_version": code_version(),
+            "mlops.dagster_run_id": context.run_id,
+            "mlops.sweep_run_id": str(candidate_models["run_id"]),
+            "mlops.reference_profile_key": prof_key,
+            "mlops.reference_profile_sha256": prof_sha,
+            "mlops.gate": decision["status"],
+            "mlops.gate_reason": decision["reason"][:500],
+            "mlops.cpu_seconds": f"{candidate_models['cpu_seconds']:.2f}",
+        }
+        mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
+        context.log.info(f"registered {ds.model_name} v{mv.version} (gate: {decision['status']})")
+        return dg.Output(
+            {"version": str(mv.version), "gate": decision, "holdout_metric": evaluation_report["challenger_holdout"]},
+            metadata={"version": str(mv.version), "gate": decision["status"], "model_sha256": candidate_models["model_sha256"],
+                      "training_dataset_sha256": training_dataset["sha256"], "code_version": code_version(),
+                      "reference_profile": dg.MetadataValue.path(lk.uri(prof_key))},
+        )
+
+    @dg.asset(
+        group_name=GROUP,
+        kinds={"mlflow"},
+        deps=["baseline_model"],
+        check_specs=[dg.AssetCheckSpec("champion_loads", asset="champion",
+                                       description="The alias resolves and its artifact matches its checksum.")],
+    )
+    def champion(
+        context: dg.AssetExecutionContext,
+        registered_model_version: dict[str, Any],
+        spec: SpecResource,
+        registry: ModelRegistryResource,
+    ) -> dg.MaterializeResult:
+        """The production model: the alias moves to the new version only when the gate promoted it (or a
+        person approved it); every move is recorded so that a rollback knows where to go back to."""
+        ds = spec.get()
+        gate = registered_model_version["gate"]
+        version = registered_model_version["version"]
+        before = registry.champion_info(ds.model_name)
+        moved = False
+        if gate["promote"] and gate["status"] != "pending_approval":
+            registry.move_champion(ds.model_name, version, reason=gate["reason"], actor=f"dagster run {context.run_id[:8]}",
+                                   data_day=context.run.tags.get("mlops/as_of"))
+            moved = True
+            context.log.info(f"champion moved to v{version}: {gate['reason']}")
+        else:
+            context.log.info(f"champion stays v{before.version if before else '-'}: {gate['status']}: {gate['reason']}")
+        now = registry.champion_info(ds.model_name)
+        passed, problem = True, "ok"
+        try:
+            if now is not None:
+                registry.load_champion(now)
+        except Exception as exc:  # noqa: BLE001 - reported by the check, never swallowed silently
+            passed, problem = False, str(exc)
+        return dg.MaterializeResult(
+            metadata={
+                "champion_version": now.version if now else "none",
+                "moved": moved,
+                "candidate_version": version,
+                "gate": gate["status"],
+                "reason": gate["reason"],
+                "champion_holdout_metric": now.holdout_metric if now and now.holdout_metric is not None else float("nan"),
+                "history": dg.MetadataValue.md(history_table(registry.history(ds.model_name))),
+            },
+            check_results=[dg.AssetCheckResult(check_name="champion_loads", passed=passed,
+                                               metadata={"detail": problem})],
+        )
+
+    return dg.Definitions(assets=[baseline_model, registered_model_version, champion])

@@ -1,0 +1,231 @@
+"""Resources shared by every domain, picked per deployment by MLOPS_PROFILE (embedded or production)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from dagster_mlflow import mlflow_tracking
+from pydantic import PrivateAttr
+
+from mlops_assets.config import DatasetSpec, Settings, load_spec
+from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.lake import Lake, LocalBackend, S3Backend
+
+CHAMPION_ALIAS = "champion"
+CHAMPION_HISTORY_TAG = "mlops.champion_history"
+
+
+class SpecResource(dg.ConfigurableResource):
+    """The dataset spec in force; every asset reads its thresholds from here, never from constants."""
+
+    spec_path: str
+
+    def get(self) -> DatasetSpec:
+        return load_spec(self.spec_path)
+
+
+class FeatureStoreResource(dg.ConfigurableResource):
+    duckdb_path: str
+    spec_path: str
+
+    def store(self) -> FeatureStore:
+        return FeatureStore(Path(self.duckdb_path), load_spec(self.spec_path))
+
+
+class LakeResource(dg.ConfigurableResource):
+    """A local folder in the embedded profile, an S3 prefix (through dagster-aws) in production."""
+
+    uri: str
+    s3_endpoint_url: str | None = None
+    s3_region_name: str | None = None
+
+    def lake(self) -> Lake:
+        if self.uri.startswith("s3://"):
+            bucket, _, prefix = self.uri[len("s3://") :].partition("/")
+            client = S3Resource(endpoint_url=self.s3_endpoint_url, region_name=self.s3_region_name).get_client()
+            return Lake(S3Backend(client, bucket, prefix))
+        return Lake(LocalBackend(Path(self.uri)))
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """What downstream assets need to know about the production model, read from its version's tags."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.tags.get("mlops.is_baseline") == "true"
+
+    @property
+    def holdout_metric(self) -> float | None:
+        v = self.tags.get("mlops.holdout_metric")
+        return float(v) if v not in (None, "", "nan") else None
+
+    @property
+    def model_sha256(self) -> str:
+        return self.tags["mlops.model_sha256"]
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """The registry side of MLflow: versions, aliases and the champion's history.
+
+    Run tracking goes through dagster-mlflow's resource; the registry needs a client that outlives a run,
+    which that resource does not give, hence this small wrapper.
+    """
+
+    tracking_uri: str
+    artifact_root: str
+    _client: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._ensure_store()
+
+    def _ensure_store(self) -> None:
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import mlflow
+            from mlflow import MlflowClient
+
+            self._ensure_store()
+            mlflow.set_tracking_uri(self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def ensure_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description="Managed by mlops_assets.")
+
+    def champion(self, name: str) -> Any | None:
+        """The version the alias names, or None before the first model."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        except MlflowException:
+            return None
+
+    def champion_info(self, name: str) -> ChampionInfo | None:
+        mv = self.champion(name)
+        if mv is None:
+            return None
+        return ChampionInfo(name, str(mv.version), str(mv.run_id), str(mv.source), dict(mv.tags))
+
+    def load_champion(self, info: ChampionInfo) -> Any:
+        """The champion's model, verified against the checksum recorded when it was registered."""
+        from mlops_assets.storage.models import load_verified
+
+        return load_verified(info.model_uri, info.model_sha256, self.tracking_uri).model
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            raw = self.client.get_registered_model(name).tags.get(CHAMPION_HISTORY_TAG)
+        except MlflowException:
+            return []
+        return list(json.loads(raw)) if raw else []
+
+    def move_champion(self, name: str, version: str, *, reason: str, actor: str, data_day: str | None = None) -> None:
+        """Point the alias at `version` and append the move to the model's history (MLflow keeps no history
+        of aliases itself, and a rollback needs to know where the alias was before)."""
+        previous = self.champion(name)
+        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+        history = self.history(name)
+        history.append(
+            {
+                "version": str(version),
+                "previous": str(previous.version) if previous is not None else None,
+                "reason": reason,
+                "actor": actor,
+                "data_day": data_day,
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+        )
+        # MLflow caps a tag value's length; the newest moves are the ones a person needs.
+        payload = json.dumps(history)
+        while len(payload) > 7500 and len(history) > 1:
+            history = history[1:]
+            payload = json.dumps(history)
+        self.client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, payload)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
+    """Create the experiment with an explicit artifact location: MLflow's default for a SQLite store is
+    ./mlruns under whatever directory the process started in."""
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
+    return str(client.create_experiment(name, artifact_location=f"{location.rstrip('/')}/{name}"))
+
+
+def mlflow_tracking_resource(settings: Settings, experiment: str) -> dg.ResourceDefinition:
+    """dagster-mlflow's run-tracking resource (one MLflow run per Dagster run, tagged with its id), with the
+    experiment created first where its artifacts belong."""
+
+    @dg.resource(config_schema=dict(mlflow_tracking.config_schema.config_type.fields))  # type: ignore[union-attr]
+    def mlflow_run(context: dg.InitResourceContext) -> Any:
+        ensure_experiment(settings.mlflow_tracking_uri, experiment, settings.mlflow_artifact_root)
+        return mlflow_tracking.resource_fn(context)
+
+    return mlflow_run.configured({"experiment_name": experiment, "mlflow_tracking_uri": settings.mlflow_tracking_uri})
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """One place that decides what each resource is for the profile in force."""
+    spec = load_spec(settings.spec_path)
+    io_manager: Any
+    if settings.profile == "production":
+        from dagster_aws.s3 import S3PickleIOManager
+
+        bucket, _, prefix = settings.lake_uri.removeprefix("s3://").partition("/")
+        io_manager = S3PickleIOManager(
+            s3_resource=S3Resource(endpoint_url=dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value()),
+            s3_bucket=bucket,
+            s3_prefix=f"{prefix.rstrip('/')}/io" if prefix else "io",
+        )
+    else:
+        io_manager = dg.FilesystemIOManager(base_dir=str(settings.data_dir / "io"))
+    return {
+        "spec": SpecResource(spec_path=str(settings.spec_path)),
+        "feature_store": FeatureStoreResource(
+            duckdb_path=str(settings.duckdb_path), spec_path=str(settings.spec_path)
+        ),
+        "lake": LakeResource(
+            uri=settings.lake_uri,
+            s3_endpoint_url=dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value(),
+        ),
+        "registry": ModelRegistryResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        ),
+        "mlflow": mlflow_tracking_resource(settings, experiment=spec.name),
+        "io_manager": io_manager,
+    }

@@ -1,0 +1,195 @@
+"""Replay a dataset day by day through the real Dagster machinery on a persistent instance.
+
+Each day runs the same `daily_job` the schedule would launch, then evaluates the real `retrain_sensor` with
+its cursor, and runs the `retrain_job` it requests with the sensor's tags. The daemon is not involved, so a
+replay is deterministic and needs no server, but everything lands in DAGSTER_HOME exactly as in production:
+`dagster dev` on the same home afterwards shows the whole history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings, load_spec
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_REASON, TAG_TRIGGER
+
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_TAG = "dagster/sensor_name"
+
+
+@dataclass
+class DayRecord:
+    day: dt.date
+    ok: bool
+    wall_seconds: float
+    step_seconds: float
+    drift_share: float | None
+    drift_detected: bool
+    decay_detected: bool
+    window_metric: float | None
+    champion_version: str | None
+    decision: str
+    retrain: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReplayResult:
+    spec: DatasetSpec
+    settings: Settings
+    days: list[DayRecord]
+    retrains: list[dict[str, Any]]
+    wall_seconds: float
+
+
+def prepare_home(settings: Settings, *, fresh: bool) -> Path:
+    """Lay out the embedded profile under the data folder; a fresh replay starts from nothing."""
+    home = Path(os.environ.get("DAGSTER_HOME", settings.data_dir / "dagster_home")).resolve()
+    if fresh:
+        for p in [home, settings.duckdb_path, settings.data_dir / "lake", settings.data_dir / "mlflow",
+                  settings.data_dir / "io", settings.reports_dir]:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    home.mkdir(parents=True, exist_ok=True)
+    template = PROJECT_ROOT / "dagster.yaml"
+    if template.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(template, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
+    conn = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_SUCCESS)
+    total = 0.0
+    for rec in conn.records:
+        data = rec.event_log_entry.dagster_event.event_specific_data if rec.event_log_entry.dagster_event else None
+        total += getattr(data, "duration_ms", 0.0) / 1000.0
+    return total
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, Any]:
+    ev = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    if not ev or ev[0].asset_materialization is None:
+        return {}
+    return {k: getattr(v, "value", v) for k, v in ev[0].asset_materialization.metadata.items()}
+
+
+def _run_metadata(instance: dg.DagsterInstance, run_id: str, asset: str) -> dict[str, Any]:
+    conn = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    for rec in conn.records:
+        mat = rec.event_log_entry.asset_materialization
+        if mat is not None and mat.asset_key == dg.AssetKey(asset):
+            return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    return {}
+
+
+def replay(
+    spec_path: Path,
+    settings: Settings,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    fresh: bool = True,
+    on_day: Callable[[DayRecord], None] | None = None,
+) -> ReplayResult:
+    import mlflow
+
+    from mlops_assets.definitions import build_defs
+
+    spec = load_spec(spec_path)
+    settings = settings.model_copy(update={"spec_path": Path(spec_path)})
+    prepare_home(settings, fresh=fresh)
+    defs = build_defs(settings)
+    daily = defs.resolve_job_def("daily_job")
+    retrain = defs.resolve_job_def(RETRAIN_JOB)
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    days_range = [d for d in _days(start or spec.replay.start, end or spec.replay.end)]
+    records: list[DayRecord] = []
+    retrains: list[dict[str, Any]] = []
+    launched: set[str] = set()
+    t0 = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance)
+        cursor = None
+        for day in days_range:
+            pk = day.isoformat()
+            t = time.perf_counter()
+            res = daily.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False)
+            wall = time.perf_counter() - t
+            steps = _step_seconds(instance, res.run_id)
+            raw_md = _latest_metadata(instance, "raw_batches", pk)
+            drift_md = _latest_metadata(instance, "drift_report", pk)
+            perf_md = _latest_metadata(instance, "performance_report", pk)
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, sensor_name=SENSOR_NAME)
+            result = sensor(ctx)
+            assert isinstance(result, dg.SensorResult)
+            cursor = result.cursor
+            retrain_info = None
+            if result.run_requests:
+                rr = result.run_requests[0]
+                decision = rr.tags.get(TAG_REASON, "retrain")
+                if rr.run_key not in launched:
+                    launched.add(rr.run_key or "")
+                    retrain_info = _run_retrain(instance, retrain, rr, day)
+                    retrains.append(retrain_info)
+                    mlflow.end_run()  # dagster-mlflow leaves the run active in this process on a skipped step
+            else:
+                decision = result.skip_reason.skip_message if result.skip_reason else "skip"
+            rec = DayRecord(
+                day=day, ok=res.success, wall_seconds=wall, step_seconds=steps,
+                drift_share=drift_md.get("drift_share") if drift_md.get("tested") else None,
+                drift_detected=bool(drift_md.get("drift_detected", False)),
+                decay_detected=bool(perf_md.get("decay_detected", False)),
+                window_metric=perf_md.get("window_value"),
+                champion_version=drift_md.get("champion_version"),
+                decision=decision or "", retrain=retrain_info, problems=list(raw_md.get("problems") or []),
+            )
+            records.append(rec)
+            if on_day:
+                on_day(rec)
+    return ReplayResult(spec, settings, records, retrains, time.perf_counter() - t0)
+
+
+def _run_retrain(instance: dg.DagsterInstance, job: Any, rr: dg.RunRequest, day: dt.date) -> dict[str, Any]:
+    tags = {**rr.tags, SENSOR_TAG: SENSOR_NAME, RUN_KEY_TAG: rr.run_key or ""}
+    t = time.perf_counter()
+    res = job.execute_in_process(instance=instance, run_config=rr.run_config, tags=tags, raise_on_error=False)
+    wall = time.perf_counter() - t
+    cand = _run_metadata(instance, res.run_id, "candidate_models")
+    ev = _run_metadata(instance, res.run_id, "evaluation_report")
+    champ = _run_metadata(instance, res.run_id, "champion")
+    return {
+        "day": day,
+        "run_id": res.run_id,
+        "success": res.success,
+        "trigger": rr.tags.get(TAG_TRIGGER),
+        "reason": rr.tags.get(TAG_REASON),
+        "wall_seconds": wall,
+        "cpu_seconds": float(cand.get("cpu_seconds", 0.0) or 0.0),
+        "family": cand.get("best_family"),
+        "window": cand.get("best_window_days"),
+        "decision": ev.get("decision", "failed"),
+        "gate_reason": ev.get("reason", "the run failed before the gate"),
+        "delta": ev.get("delta"),
+        "champion_version": champ.get("champion_version"),
+        "candidate_version": champ.get("candidate_version"),
+        "moved": bool(champ.get("moved", False)),
+    }
+
+
+def _days(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]

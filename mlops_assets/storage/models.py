@@ -1,0 +1,58 @@
+"""Model artifacts with integrity: a checksum recorded at registration is verified before every load.
+
+A model file that changed after it was registered (a bad copy, a tampered bucket) must fail loudly rather
+than serve predictions, so loading goes through here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+class ArtifactIntegrityError(RuntimeError):
+    pass
+
+
+def directory_digest(root: Path) -> str:
+    """sha256 over every file's relative path and bytes, in a stable order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def download(model_uri: str, tracking_uri: str) -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    target = Path(tempfile.mkdtemp(prefix="mlops-model-"))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    uri: str
+    sha256: str
+    model: Any
+
+
+@lru_cache(maxsize=16)
+def load_verified(model_uri: str, expected_sha256: str, tracking_uri: str) -> VerifiedModel:
+    """Download, verify, then load. Cached by (uri, checksum): a daily tick reuses the champion in memory."""
+    from mlops_assets.ml.models import load_model
+
+    local = download(model_uri, tracking_uri)
+    digest = directory_digest(local)
+    if digest != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"{model_uri}: artifact checksum {digest[:12]}… does not match the {expected_sha256[:12]}… recorded "
+            "at registration; refusing to load it"
+        )
+    return VerifiedModel(model_uri, digest, load_model(str(local)))
