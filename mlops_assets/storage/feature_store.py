@@ -209,7 +209,8 @@ class FeatureStore:
             args.append(since)
         with self.connect(read_only=True) as con:
             return con.execute(
-                f"SELECT l.entity_id, l.event_time, l.event_day, {feats}, l.target AS {_q(self.spec.target.name)} "
+                f"SELECT l.entity_id, l.event_time, l.event_day, l.arrival_day, {feats}, "
+                f"l.target AS {_q(self.spec.target.name)} "
                 f"FROM (SELECT * FROM labels l WHERE {where}) l "
                 "ASOF JOIN features f ON l.entity_id = f.entity_id AND l.event_time >= f.event_time "
                 "ORDER BY l.event_time, l.entity_id",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,12 +30,20 @@ def directory_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def download(model_uri: str, tracking_uri: str) -> Path:
+@contextmanager
+def downloaded(model_uri: str, tracking_uri: str) -> Iterator[Path]:
+    """The model's artifact directory, in a temporary folder removed afterwards."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    target = Path(tempfile.mkdtemp(prefix="mlops-model-"))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as target:
+        yield Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=target))
+
+
+def artifact_digest(model_uri: str, tracking_uri: str) -> str:
+    """The checksum recorded at registration: taken from the stored artifact, not the in-memory model."""
+    with downloaded(model_uri, tracking_uri) as local:
+        return directory_digest(local)
 
 
 @dataclass(frozen=True)
@@ -48,11 +58,11 @@ def load_verified(model_uri: str, expected_sha256: str, tracking_uri: str) -> Ve
     """Download, verify, then load. Cached by (uri, checksum): a daily tick reuses the champion in memory."""
     from mlops_assets.ml.models import load_model
 
-    local = download(model_uri, tracking_uri)
-    digest = directory_digest(local)
-    if digest != expected_sha256:
-        raise ArtifactIntegrityError(
-            f"{model_uri}: artifact checksum {digest[:12]}… does not match the {expected_sha256[:12]}… recorded "
-            "at registration; refusing to load it"
-        )
-    return VerifiedModel(model_uri, digest, load_model(str(local)))
+    with downloaded(model_uri, tracking_uri) as local:
+        digest = directory_digest(local)
+        if digest != expected_sha256:
+            raise ArtifactIntegrityError(
+                f"{model_uri}: artifact checksum {digest[:12]}… does not match the {expected_sha256[:12]}… "
+                "recorded at registration; refusing to load it"
+            )
+        return VerifiedModel(model_uri, digest, load_model(str(local)))

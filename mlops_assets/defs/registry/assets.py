@@ -3,6 +3,7 @@ the gate says so. Until the first trained model, a baseline version holds the al
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from functools import lru_cache
@@ -17,7 +18,7 @@ from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, Mode
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
 from mlops_assets.ml.models import build_model, log_model
-from mlops_assets.storage.models import directory_digest, download
+from mlops_assets.storage.models import artifact_digest
 
 GROUP = "registry"
 
@@ -94,7 +95,7 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         with mlflow.start_run(run_name="baseline") as run:
             info = log_model(model, name="model", input_example=X.head(2))
             mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
-        sha = directory_digest(download(info.model_uri, registry.tracking_uri))
+        sha = artifact_digest(info.model_uri, registry.tracking_uri)
         mv = register_version(registry, ds, info.model_uri, run.info.run_id, {
             "mlops.is_baseline": "true", "mlops.metric": ds.metric, "mlops.model_sha256": sha,
             "mlops.fitted_on": fitted_on, "mlops.code_version": code_version(), "mlops.spec_hash": ds.spec_hash,
@@ -132,6 +133,8 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
             "mlops.model_sha256": candidate_models["model_sha256"],
             "mlops.family": candidate_models["family"],
             "mlops.window_days": str(candidate_models["window_days"]),
+            "mlops.half_life_days": str(candidate_models["half_life_days"]),
+            "mlops.params": json.dumps(candidate_models["params"], default=str),
             "mlops.training_dataset_key": training_dataset["key"],
             "mlops.training_dataset_sha256": training_dataset["sha256"],
             "mlops.training_as_of": training_dataset["as_of"],

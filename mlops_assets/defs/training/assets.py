@@ -15,7 +15,7 @@ from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
 from mlops_assets.ml.evaluate import compare_models, performance_html
 from mlops_assets.ml.models import log_model, predict_scores
 from mlops_assets.ml.promote import GatePolicy, decide_promotion
-from mlops_assets.storage.models import directory_digest, download, load_verified
+from mlops_assets.storage.models import artifact_digest, load_verified
 
 GROUP = "training"
 
@@ -132,7 +132,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         best = result.best
         example = parts["valid"][ds.feature_names].head(5)
         info = log_model(result.best_model, name="model", input_example=example)
-        model_sha = directory_digest(download(info.model_uri, registry.tracking_uri))
+        model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
         mlflow.log_metrics({f"best_{ds.metric}": float(best.score or 0.0), "sweep_cpu_seconds": result.cpu_seconds,
                             "sweep_wall_seconds": result.wall_seconds})
         board = result.leaderboard()
