@@ -121,6 +121,9 @@ class ReplaySpec(_Strict):
 
 class MonitoringSpec(_Strict):
     drift_share: float = Field(default=0.5, gt=0, le=1)
+    # Days of features compared with the reference. One day of a weekly or daily-cycling feature (weekday,
+    # weather) always looks unlike weeks of reference; a week does not, unless the world changed.
+    window_days: int = Field(default=1, ge=1)
     evidently_every_days: int = Field(default=1, ge=0)
     reference_max_rows: int = Field(default=200_000, ge=100)
     decay_tolerance: float = Field(default=0.02, ge=0)

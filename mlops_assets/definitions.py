@@ -1,6 +1,5 @@
 """The one entry point: every domain's definitions merged, resources picked by the profile in force."""
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster_mlflow import end_mlflow_on_run_finished

@@ -134,7 +134,8 @@ def replay(
             raw_md = _latest_metadata(instance, "raw_batches", pk)
             drift_md = _latest_metadata(instance, "drift_report", pk)
             perf_md = _latest_metadata(instance, "performance_report", pk)
-            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, sensor_name=SENSOR_NAME)
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=SENSOR_NAME,
+                                          resources={"spec": defs.resources["spec"]})
             result = sensor(ctx)
             assert isinstance(result, dg.SensorResult)
             cursor = result.cursor

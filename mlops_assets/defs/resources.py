@@ -1,6 +1,5 @@
 """Resources shared by every domain, picked per deployment by MLOPS_PROFILE (embedded or production)."""
 
-from __future__ import annotations
 
 import datetime as dt
 import json

@@ -150,8 +150,13 @@ class FeatureStore:
         return feats
 
     def features_for_day(self, day: dt.date) -> pd.DataFrame:
+        return self.features_between(day, day)
+
+    def features_between(self, first: dt.date, last: dt.date) -> pd.DataFrame:
         with self.connect(read_only=True) as con:
-            return con.execute("SELECT * FROM features WHERE event_day = ? ORDER BY event_time, entity_id", [day]).df()
+            return con.execute(
+                "SELECT * FROM features WHERE event_day BETWEEN ? AND ? ORDER BY event_time, entity_id", [first, last]
+            ).df()
 
     def online_features(self, entity_ids: list[str]) -> pd.DataFrame:
         """Latest feature row per entity: what the online API looks up by key."""

@@ -7,6 +7,7 @@ than serve predictions, so loading goes through here and nowhere else.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 
+# Written by MLflow itself when a model is fetched through models:/NAME/VERSION (it names the registry
+# entry), so it differs by how the model was fetched, not by what the model is.
+FETCH_METADATA_FILES = frozenset({"registered_model_meta"})
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 class ArtifactIntegrityError(RuntimeError):
     pass
 
@@ -23,7 +30,7 @@ class ArtifactIntegrityError(RuntimeError):
 def directory_digest(root: Path) -> str:
     """sha256 over every file's relative path and bytes, in a stable order."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in FETCH_METADATA_FILES):
         h.update(str(path.relative_to(root)).encode())
         h.update(b"\0")
         h.update(path.read_bytes())

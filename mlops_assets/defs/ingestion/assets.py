@@ -1,6 +1,5 @@
 """Raw data in: the day's delivery validated and stored immutably, side tables, and labels that arrive late."""
 
-from __future__ import annotations
 
 import datetime as dt
 from typing import Any

@@ -1,7 +1,6 @@
 """Monitoring: the day's data against the champion's training data, and the champion's quality once labels
 arrive. Both reports end in metadata (`drift_detected`, `decay_detected`) that the retrain sensor reads."""
 
-from __future__ import annotations
 
 import datetime as dt
 from typing import Any
@@ -49,8 +48,7 @@ def reference_profile(
     last = first + dt.timedelta(days=WARMUP_DAYS - 1)
     if day <= last:
         return None, f"warm-up: reference builds from {first} to {last}"
-    with store.connect(read_only=True) as con:
-        warm = con.execute("SELECT * FROM features WHERE event_day BETWEEN ? AND ?", [first, last]).df()
+    warm = store.features_between(first, last)
     profile = ReferenceProfile.from_frame(warm, numeric=spec.numeric_features, categorical=spec.categorical_features)
     return profile, f"warm-up days {first} to {last} ({len(warm)} rows)"
 
@@ -62,11 +60,16 @@ def reference_rows(spec: DatasetSpec, champion: ChampionInfo | None, store: Feat
                                 expected_sha256=champion.tags.get("mlops.training_dataset_sha256"))
     else:
         first = spec.replay.start
-        with store.connect(read_only=True) as con:
-            frame = con.execute("SELECT * FROM features WHERE event_day < ?",
-                                [first + dt.timedelta(days=WARMUP_DAYS)]).df()
+        frame = store.features_between(first, first + dt.timedelta(days=WARMUP_DAYS - 1))
     n = min(len(frame), spec.monitoring.reference_max_rows, 20_000)
     return frame.sample(n=n, random_state=0) if n < len(frame) else frame
+
+
+def report_day(spec: DatasetSpec, day: dt.date) -> bool:
+    """Days that get the heavier artifacts for people (plots, Evidently HTML): the spec's cadence (weekly if
+    unset). Our statistics run every day regardless; only the pictures follow a cadence."""
+    every = spec.monitoring.evidently_every_days or 7
+    return (day - spec.replay.start).days % every == 0
 
 
 def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
@@ -89,10 +92,12 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         day = partition_day(context)
         store, lk = feature_store.store(), lake.lake()
         champion = registry.champion_info(ds.model_name)
-        current = store.features_for_day(day)
+        window = ds.monitoring.window_days
+        current = store.features_between(day - dt.timedelta(days=window - 1), day)
         profile, described = reference_profile(ds, champion, store, lk, day)
         meta: dict[str, Any] = {
             "reference": described,
+            "current": f"{window} day(s) ending {day}",
             "champion_version": champion.version if champion else None,
             "champion_is_baseline": champion.is_baseline if champion else True,
             "rows": len(current),
@@ -107,8 +112,6 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         context.log.info(
             f"{day}: drift share {result.drift_share:.2f} over {len(table)} columns; drifted: {result.drifted_columns()}"
         )
-        plot = drift_over_time(store.read_history("drift_history"), reports / "drift" / f"drift_{day}.png",
-                               threshold=ds.monitoring.drift_share)
         meta.update({
             "drift_share": float(result.drift_share),
             "drift_detected": bool(result.drift_detected),
@@ -116,11 +119,12 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "n_drifted": len(result.drifted_columns()),
             "tested": True,
             "columns": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
-            "drift_over_time": dg.MetadataValue.path(str(plot)),
         })
-        every = ds.monitoring.evidently_every_days
-        days_in = (day - ds.replay.start).days
-        if every and days_in % every == 0:
+        if report_day(ds, day):
+            plot = drift_over_time(store.read_history("drift_history"), reports / "drift" / f"drift_{day}.png",
+                                   threshold=ds.monitoring.drift_share)
+            meta["drift_over_time"] = dg.MetadataValue.path(str(plot))
+        if ds.monitoring.evidently_every_days and report_day(ds, day):
             from mlops_assets.ml.evidently_reports import data_drift_html
 
             html = reports / "evidently" / f"data_drift_{day}.html"
@@ -171,17 +175,18 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "model_version": champion.version, "decay_detected": result.decay_detected, "n_rows": result.n_rows,
         }])
         store.save_history("performance_history", day, history_row)
-        plot = metric_over_time(store.read_history("performance_history"),
-                                reports / "performance" / f"metric_{day}.png", metric=ds.metric,
-                                reference=reference, tolerance=ds.monitoring.decay_tolerance)
         context.log.info(f"{day}: {result.reason}")
         meta.update(result.to_dict())
         meta.update({
             "decay_detected": bool(result.decay_detected),
             "scored_day": latest_day.isoformat(),
             "rows_scored_day": len(day_rows),
-            "metric_over_time": dg.MetadataValue.path(str(plot)),
         })
+        if report_day(ds, day) or result.decay_detected:
+            plot = metric_over_time(store.read_history("performance_history"),
+                                    reports / "performance" / f"metric_{day}.png", metric=ds.metric,
+                                    reference=reference, tolerance=ds.monitoring.decay_tolerance)
+            meta["metric_over_time"] = dg.MetadataValue.path(str(plot))
         return dg.MaterializeResult(metadata=meta)
 
     return dg.Definitions(assets=[drift_report, performance_report])

@@ -5,7 +5,6 @@ instance itself, not kept in memory; the cursor only records which report materi
 counted, so each report counts once and a restarted daemon resumes exactly where it stopped.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 import json

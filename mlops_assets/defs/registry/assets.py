@@ -1,7 +1,6 @@
 """The registry: every challenger becomes a version with its lineage; the `champion` alias moves only when
 the gate says so. Until the first trained model, a baseline version holds the alias."""
 
-from __future__ import annotations
 
 import json
 import os

@@ -1,6 +1,5 @@
 """Approve and rollback as Dagster jobs, so that a person can do both from the UI's launchpad."""
 
-from __future__ import annotations
 
 import dagster as dg
 

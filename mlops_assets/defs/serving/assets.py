@@ -1,7 +1,6 @@
 """Batch predictions: the champion of the moment scores the day's feature rows, and the log is kept so that
 the performance report can score what was actually served once labels arrive."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,7 +1,6 @@
 """Training: a point-in-time training set, a budgeted sweep over model families, and the challenger's
 evaluation against the champion on the same recent hold-out."""
 
-from __future__ import annotations
 
 import datetime as dt
 from typing import Any
@@ -92,35 +91,38 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "target_mean": float(frame[ds.target.name].mean()),
         })
 
-    @dg.asset(group_name=GROUP, kinds={"mlflow", "scikitlearn"}, required_resource_keys={"mlflow"})
+    @dg.asset(group_name=GROUP, kinds={"mlflow", "scikitlearn"})
     def candidate_models(
         context: dg.AssetExecutionContext,
         training_dataset: dict[str, Any],
+        mlflow: dg.ResourceParam[Any],
         spec: SpecResource,
         lake: LakeResource,
         registry: ModelRegistryResource,
     ) -> dg.Output[dict[str, Any]]:
         """A budgeted search over model families, hyper-parameters and training windows; every trial is a
         nested MLflow run under this Dagster run's MLflow run, and the leaderboard is in the metadata."""
-        import mlflow
+        import mlflow as mlflow_lib
 
         ds = spec.get()
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         parts = split_days(frame, ds)
+        # dagster-mlflow's resource opened this Dagster run's MLflow run; trials nest under it.
+        context.log.info(f"MLflow run {mlflow.mlflow_run_id} in experiment {mlflow.experiment_name}")
         space = SearchSpace.from_dict(ds.search)
-        parent = mlflow.active_run()
+        parent = mlflow_lib.active_run()
         sweep_run_id = parent.info.run_id if parent else None
-        mlflow.log_params({"as_of": training_dataset["as_of"], "trigger": training_dataset["trigger"],
+        mlflow_lib.log_params({"as_of": training_dataset["as_of"], "trigger": training_dataset["trigger"],
                            "dataset_sha256": training_dataset["sha256"][:16], "trials_budget": space.trials,
                            "seconds_budget": space.seconds})
 
         def on_trial(t: TrialResult) -> None:
-            with mlflow.start_run(run_name=f"trial-{t.number:02d}-{t.family}", nested=True):
-                mlflow.log_params({"family": t.family, "window_days": t.window_days,
+            with mlflow_lib.start_run(run_name=f"trial-{t.number:02d}-{t.family}", nested=True):
+                mlflow_lib.log_params({"family": t.family, "window_days": t.window_days,
                                    "half_life_days": t.half_life_days, **{f"p_{k}": v for k, v in t.params.items()}})
-                mlflow.log_metrics({"wall_seconds": t.wall_seconds, "cpu_seconds": t.cpu_seconds,
+                mlflow_lib.log_metrics({"wall_seconds": t.wall_seconds, "cpu_seconds": t.cpu_seconds,
                                     "n_train": t.n_train, **({ds.metric: t.score} if t.score is not None else {})})
-                mlflow.set_tags({"state": t.state, "dataset_sha256": training_dataset["sha256"],
+                mlflow_lib.set_tags({"state": t.state, "dataset_sha256": training_dataset["sha256"],
                                  **({"error": t.error[:500]} if t.error else {})})
             score = f"{t.score:.4f}" if t.score is not None else "-"
             context.log.info(f"trial {t.number}: {t.family} window={t.window_days} {t.state} {ds.metric}={score} "
@@ -133,7 +135,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         example = parts["valid"][ds.feature_names].head(5)
         info = log_model(result.best_model, name="model", input_example=example)
         model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
-        mlflow.log_metrics({f"best_{ds.metric}": float(best.score or 0.0), "sweep_cpu_seconds": result.cpu_seconds,
+        mlflow_lib.log_metrics({f"best_{ds.metric}": float(best.score or 0.0), "sweep_cpu_seconds": result.cpu_seconds,
                             "sweep_wall_seconds": result.wall_seconds})
         board = result.leaderboard()
         pointer = {

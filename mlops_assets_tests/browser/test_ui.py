@@ -1,0 +1,87 @@
+"""The Dagster UI, driven in Debian's Chromium: what a user opens after `make demo` and `make ui`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.config import Settings
+from mlops_assets.replay import replay
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def webserver(flights_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    replay(flights_settings.spec_path, flights_settings, start=dt.date(2013, 1, 1), end=dt.date(2013, 1, 3))
+    port = _free_port()
+    log = (tmp_path / "webserver.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-m", "mlops_assets.definitions"],
+        env={**os.environ}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/server_info", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((tmp_path / "webserver.log").read_text()[-3000:]) from None
+            time.sleep(1)
+    else:
+        proc.terminate()
+        raise RuntimeError("dagster-webserver did not answer within 120 s")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_ui_shows_the_graph_the_reports_and_the_sensor(webserver: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(f"{webserver}/asset-groups", wait_until="domcontentloaded")
+        for name in ("raw_batches", "features", "drift_report", "champion", "batch_predictions"):
+            expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "graph.png"))
+
+        page.goto(f"{webserver}/assets/drift_report?view=events", wait_until="domcontentloaded")
+        expect(page.get_by_text("drift_share").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("2013-01-03").first).to_be_visible()
+        page.screenshot(path=str(tmp_path / "drift_report.png"))
+
+        page.goto(f"{webserver}/automation", wait_until="domcontentloaded")
+        expect(page.get_by_text("retrain_sensor").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("daily_monitoring_schedule").first).to_be_visible()
+        browser.close()
+    assert (tmp_path / "graph.png").stat().st_size > 10_000

@@ -1,0 +1,133 @@
+"""The real retrain sensor against a real instance: reports are recorded as materializations, exactly what
+the sensor reads in production, and each test asserts both the run requests and the cursor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets.config import Settings
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, TAG_AS_OF, retrain_sensor
+from mlops_assets.defs.resources import SpecResource
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def spec_res(flights_settings: Settings) -> SpecResource:
+    return SpecResource(spec_path=str(flights_settings.spec_path))
+
+
+def report(instance: dg.DagsterInstance, day: str, *, drift: float | None = None, decay: bool | None = None,
+           baseline: bool = False, labelled: int | None = None) -> None:
+    if labelled is not None:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "labels", partition=day, metadata={"total_labelled_rows": labelled}))
+    if drift is not None:
+        instance.report_runless_asset_event(dg.AssetMaterialization("drift_report", partition=day, metadata={
+            "drift_share": drift, "drift_detected": drift >= 0.5, "tested": True,
+            "champion_is_baseline": baseline, "champion_version": "1" if baseline else "2"}))
+    if decay is not None:
+        instance.report_runless_asset_event(dg.AssetMaterialization("performance_report", partition=day, metadata={
+            "window_value": 0.6 if decay else 0.7, "decay_detected": decay}))
+
+
+def tick(instance: dg.DagsterInstance, spec_res: SpecResource, cursor: str | None) -> dg.SensorResult:
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"spec": spec_res})
+    result = retrain_sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def record_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
+    """What the daemon does with a request: a run of the retrain job carrying the request's tags."""
+    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, run_id=dg.make_new_run_id(), tags=request.tags,
+                                   status=dg.DagsterRunStatus.SUCCESS))
+
+
+def test_first_tick_with_nothing_reported_skips_and_keeps_an_empty_cursor(instance, spec_res) -> None:
+    result = tick(instance, spec_res, None)
+    assert not result.run_requests
+    assert result.skip_reason and "no new" in result.skip_reason.skip_message
+    assert json.loads(result.cursor or "{}") == {"decay": 0, "drift": 0}
+
+
+def test_drifted_day_requests_one_run_and_a_second_evaluation_does_not_repeat_it(instance, spec_res) -> None:
+    report(instance, "2013-02-01", labelled=30000)
+    report(instance, "2013-02-01", drift=0.8, decay=False)
+    first = tick(instance, spec_res, None)
+    assert len(first.run_requests) == 1
+    req = first.run_requests[0]
+    assert req.run_key == "retrain:flights:2013-02-01:drift"
+    assert req.tags[TAG_AS_OF] == "2013-02-01" and "drift" in req.tags["mlops/reason"]
+    assert req.run_config["ops"]["training_dataset"]["config"]["as_of"] == "2013-02-01"
+    cursor = json.loads(first.cursor or "{}")
+    assert cursor["drift"] > 0 and cursor["decay"] > 0
+    again = tick(instance, spec_res, first.cursor)
+    assert not again.run_requests and again.cursor == first.cursor
+
+
+def test_quiet_day_skips_with_its_reason(instance, spec_res) -> None:
+    report(instance, "2013-02-01", labelled=30000)
+    report(instance, "2013-02-01", drift=0.05, decay=False)
+    result = tick(instance, spec_res, None)
+    assert not result.run_requests
+    assert result.skip_reason is not None and result.skip_reason.skip_message.startswith("skip")
+
+
+def test_cool_down_after_a_retrain_then_fires_again(instance, spec_res, flights_settings: Settings) -> None:
+    report(instance, "2013-02-01", labelled=30000)
+    report(instance, "2013-02-01", drift=0.9)
+    r1 = tick(instance, spec_res, None)
+    record_run(instance, r1.run_requests[0])
+    report(instance, "2013-02-02", labelled=31000, drift=0.9)
+    r2 = tick(instance, spec_res, r1.cursor)
+    assert not r2.run_requests and "cool-down" in (r2.skip_reason.skip_message if r2.skip_reason else "")
+    report(instance, "2013-02-10", labelled=45000, drift=0.9)
+    r3 = tick(instance, spec_res, r2.cursor)
+    assert len(r3.run_requests) == 1 and r3.run_requests[0].tags[TAG_AS_OF] == "2013-02-10"
+
+
+def test_no_second_training_run_while_one_is_in_flight(instance, spec_res) -> None:
+    report(instance, "2013-02-01", labelled=30000, drift=0.9)
+    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, run_id=dg.make_new_run_id(),
+                                   tags={"mlops/dataset": "flights", TAG_AS_OF: "2013-01-20"},
+                                   status=dg.DagsterRunStatus.STARTED))
+    result = tick(instance, spec_res, None)
+    assert not result.run_requests
+    assert result.skip_reason is not None and "flight" in result.skip_reason.skip_message
+
+
+def test_a_restarted_sensor_resumes_from_its_cursor(tmp_path: Path, spec_res) -> None:
+    """New instance object on the same DAGSTER_HOME (as after a daemon restart) with the stored cursor."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.DagsterInstance.local_temp(str(home)) as inst:
+        report(inst, "2013-02-01", labelled=30000, drift=0.9)
+        first = tick(inst, spec_res, None)
+        assert len(first.run_requests) == 1
+        record_run(inst, first.run_requests[0])
+    with dg.DagsterInstance.local_temp(str(home)) as again:
+        resumed = tick(again, spec_res, first.cursor)
+        assert not resumed.run_requests and resumed.cursor == first.cursor
+        report(again, "2013-02-20", labelled=60000, drift=0.9)
+        later = tick(again, spec_res, first.cursor)
+        assert len(later.run_requests) == 1 and later.run_requests[0].tags[TAG_AS_OF] == "2013-02-20"
+
+
+def test_bootstrap_trains_the_first_model_once_enough_labels_exist(instance, spec_res) -> None:
+    report(instance, "2013-01-05", labelled=3000, drift=0.0, baseline=True)
+    r1 = tick(instance, spec_res, None)
+    assert not r1.run_requests
+    report(instance, "2013-01-12", labelled=9500, drift=0.0, baseline=True)
+    r2 = tick(instance, spec_res, r1.cursor)
+    assert len(r2.run_requests) == 1 and r2.run_requests[0].tags["mlops/trigger"] == "bootstrap"
+
