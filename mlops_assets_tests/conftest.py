@@ -42,9 +42,9 @@ def fast_flights_spec(tmp: Path, **overrides: Any) -> Path:
     spec["search"].update({"trials": 3, "seconds": 60, "windows": [None], "recency_half_lives": [None]})
     spec["search"]["families"] = {"baseline": {}, "logistic": {"C": [0.1, 1.0]},
                                   "hist_gradient_boosting": {"max_iter": [60], "learning_rate": [0.1]}}
-    spec["policy"].update({"bootstrap_min_rows": 9000, "cooldown_days": 3, "min_new_labelled_rows": 1000})
+    spec["policy"].update({"bootstrap_min_rows": 18000, "cooldown_days": 3, "min_new_labelled_rows": 1000})
     spec["monitoring"]["evidently_every_days"] = 0
-    spec["training"].update({"holdout_days": 2, "validation_days": 2})
+    spec["training"].update({"holdout_days": 3, "validation_days": 3})
     for k, v in overrides.items():
         spec[k] = v if not isinstance(v, dict) else {**spec.get(k, {}), **v}
     path = tmp / "flights_fast.yaml"

@@ -52,6 +52,12 @@ class LakeResource(dg.ConfigurableResource):
         return Lake(LocalBackend(Path(self.uri)))
 
 
+def _missing(exc: Exception) -> bool:
+    """MLflow's "no such model / alias" answer, as opposed to a registry that failed."""
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
+
+
 @dataclass(frozen=True)
 class ChampionInfo:
     """What downstream assets need to know about the production model, read from its version's tags."""
@@ -114,17 +120,22 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
         try:
             self.client.get_registered_model(name)
-        except MlflowException:
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
             self.client.create_registered_model(name, description="Managed by mlops_assets.")
 
     def champion(self, name: str) -> Any | None:
-        """The version the alias names, or None before the first model."""
+        """The version the alias names, or None before the first model. Any other registry error (down,
+        no permission) propagates: it must never read as "no champion" and trigger a new baseline."""
         from mlflow.exceptions import MlflowException
 
         try:
             return self.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
 
     def champion_info(self, name: str) -> ChampionInfo | None:
         mv = self.champion(name)
@@ -143,8 +154,10 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
         try:
             raw = self.client.get_registered_model(name).tags.get(CHAMPION_HISTORY_TAG)
-        except MlflowException:
-            return []
+        except MlflowException as exc:
+            if _missing(exc):
+                return []
+            raise
         return list(json.loads(raw)) if raw else []
 
     def move_champion(self, name: str, version: str, *, reason: str, actor: str, data_day: str | None = None) -> None:

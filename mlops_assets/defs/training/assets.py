@@ -150,6 +150,8 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "best_window_days": str(best.window_days),
             "trials": len(result.trials),
             "trials_pruned": int(sum(t.state == "pruned" for t in result.trials)),
+            "trials_failed": int(sum(t.state == "failed" for t in result.trials)),
+            "refit_rows": result.refit_rows,
             "cpu_seconds": round(result.cpu_seconds, 2),
             "wall_seconds": round(result.wall_seconds, 2),
             "leaderboard": dg.MetadataValue.md(board.head(20).to_markdown(index=False)),
@@ -181,7 +183,8 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         else:
             champion_scores = predict_scores(challenger, X) * 0.0 + float(y.mean())
         slices = holdout[ds.training.slices] if ds.training.slices else None
-        comparison = compare_models(y, challenger_scores, champion_scores, metric=ds.metric, slices=slices)
+        comparison = compare_models(y, challenger_scores, champion_scores, metric=ds.metric, slices=slices,
+                                    confidence=ds.gate.confidence)
         is_baseline = champion is None or champion.is_baseline
         decision = decide_promotion(comparison, GatePolicy(**ds.gate.model_dump()), champion_is_baseline=is_baseline)
         context.log.info(f"gate: {decision.status}: {decision.reason}")

@@ -1,0 +1,56 @@
+"""The promotion gate: the champion changes only when the challenger is better, with confidence, everywhere
+that matters. Every refusal names the rule that failed and the numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mlops_assets.ml.evaluate import Comparison
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    min_delta: float = 0.002  # required improvement in metric units (positive = better)
+    confidence: float = 0.95  # level of the paired-bootstrap interval whose lower bound must exceed 0
+    max_slice_regression: float = 0.02  # no slice may be worse than the champion by more than this
+    require_approval: bool = False
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    status: str  # "promoted" | "rejected" | "pending_approval" | "first_model"
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide_promotion(comparison: Comparison | None, policy: GatePolicy, *,
+                     champion_is_baseline: bool) -> PromotionDecision:
+    if comparison is None:
+        return PromotionDecision(False, "rejected", "no comparison: the challenger was not evaluated")
+    c = comparison
+    nums = (f"{c.metric} {c.challenger:.4f} vs {c.champion:.4f}, delta {c.delta:+.4f}, "
+            f"{policy.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}")
+    if champion_is_baseline:
+        if c.ci_low > 0:
+            return _approval(policy, "first_model", f"first trained model beats the baseline: {nums}")
+        return PromotionDecision(False, "rejected", f"does not beat even the baseline with confidence: {nums}")
+    if c.delta < policy.min_delta:
+        return PromotionDecision(False, "rejected", f"improvement below the margin {policy.min_delta:g}: {nums}")
+    if not c.ci_low > 0:
+        return PromotionDecision(False, "rejected", f"improvement not significant (CI includes 0): {nums}")
+    worst = c.slices.sort_values("delta").iloc[0] if len(c.slices) else None
+    if worst is not None and worst["delta"] < -policy.max_slice_regression:
+        return PromotionDecision(False, "rejected", (
+            f"slice {worst['slice_column']}={worst['slice_value']} regresses by {-worst['delta']:.4f} "
+            f"(limit {policy.max_slice_regression:g}, n={int(worst['n'])}) although overall {nums}"))
+    return _approval(policy, "promoted", f"better with confidence: {nums}")
+
+
+def _approval(policy: GatePolicy, status: str, reason: str) -> PromotionDecision:
+    if policy.require_approval:
+        return PromotionDecision(True, "pending_approval", f"{reason}; waiting for a person's approval")
+    return PromotionDecision(True, status, reason)
