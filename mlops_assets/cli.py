@@ -8,8 +8,12 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops_assets.config import DEFAULT_SPEC, Settings, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from mlops_assets.defs.resources import ModelRegistryResource
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -62,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(settings: Settings):  # type: ignore[no-untyped-def]
+def _registry(settings: Settings) -> ModelRegistryResource:
     from mlops_assets.defs.resources import ModelRegistryResource
 
     return ModelRegistryResource(tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root)
@@ -76,8 +80,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if champ is None:
         print(f"{spec.model_name}: no champion yet")
         return 0
-    print(f"{spec.model_name}: champion v{champ.version} (baseline: {champ.is_baseline}, "
-          f"hold-out {spec.metric}: {champ.holdout_metric})")
+    print(
+        f"{spec.model_name}: champion v{champ.version} (baseline: {champ.is_baseline}, "
+        f"hold-out {spec.metric}: {champ.holdout_metric})"
+    )
     for move in reg.history(spec.model_name)[-10:]:
         print(f"  {move['at']}  v{move['previous']} -> v{move['version']}  by {move['actor']}: {move['reason']}")
     return 0
@@ -88,8 +94,14 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        print(approve(_registry(settings), load_spec(settings.spec_path).model_name, args.version,
-                      actor=args.actor or getpass.getuser()))
+        print(
+            approve(
+                _registry(settings),
+                load_spec(settings.spec_path).model_name,
+                args.version,
+                actor=args.actor or getpass.getuser(),
+            )
+        )
     except RegistryActionError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -101,11 +113,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        print(rollback(_registry(settings), load_spec(settings.spec_path).model_name,
-                       actor=args.actor or getpass.getuser(), reason=args.reason))
+        print(
+            rollback(
+                _registry(settings),
+                load_spec(settings.spec_path).model_name,
+                actor=args.actor or getpass.getuser(),
+                reason=args.reason,
+            )
+        )
     except RegistryActionError as exc:
         print(exc, file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mlops_assets.serving.app import serve
+
+    _settings(args)
+    serve(host=args.host, port=args.port, poll_seconds=args.poll_seconds)
     return 0
 
 
@@ -146,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--reason", required=True)
     rb.add_argument("--actor")
     rb.set_defaults(func=cmd_rollback)
+    sv = sub.add_parser("serve", help="the online prediction API; follows the champion alias")
+    common(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the alias")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,6 +149,9 @@ class TrainingSpec(_Strict):
 
 class GateSpec(_Strict):
     min_delta: float = Field(default=0.002, ge=0)
+    # A slice's metric on a few hundred rows moves by several points from noise alone: only slices at least
+    # this large can veto a promotion.
+    min_slice_rows: int = Field(default=1000, ge=1)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     max_slice_regression: float = Field(default=0.02, ge=0)
     require_approval: bool = False
@@ -245,10 +248,17 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
-    """Read and validate a spec file; every problem is reported at once, each with its key path."""
+    """Read and validate a spec file; every problem is reported at once, each with its key path.
+
+    Cached by path and modification time: every asset asks for the spec, and an edit is still picked up."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such dataset spec")
+    return _load_spec(path.resolve(), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _load_spec(path: Path, mtime_ns: int) -> DatasetSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -284,9 +294,7 @@ class Settings(BaseModel):
             spec_path=Path(env.get("MLOPS_SPEC", DEFAULT_SPEC)),
             lake_uri=env.get("MLOPS_LAKE_URI", str(data_dir / "lake")),
             duckdb_path=Path(env.get("MLOPS_DUCKDB_PATH", data_dir / "feature_store.duckdb")),
-            mlflow_tracking_uri=env.get(
-                "MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
-            ),
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifact_root=env.get("MLOPS_MLFLOW_ARTIFACT_ROOT", str(data_dir / "mlflow" / "artifacts")),
             profile=env.get("MLOPS_PROFILE", "embedded"),  # type: ignore[arg-type]
         )

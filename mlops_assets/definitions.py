@@ -1,6 +1,5 @@
 """The one entry point: every domain's definitions merged, resources picked by the profile in force."""
 
-
 import dagster as dg
 from dagster_mlflow import end_mlflow_on_run_finished
 
@@ -16,8 +15,21 @@ from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.serving.assets import build_serving
 from mlops_assets.defs.training.assets import build_training
 
-DAILY_ASSETS = ["raw_batches", "labels", "features", "drift_report", "batch_predictions", "performance_report"]
-TRAINING_ASSETS = ["training_dataset", "candidate_models", "evaluation_report", "registered_model_version", "champion"]
+DAILY_ASSETS = [
+    "raw_batches",
+    "labels",
+    "features",
+    "drift_report",
+    "batch_predictions",
+    "performance_report",
+]
+TRAINING_ASSETS = [
+    "training_dataset",
+    "candidate_models",
+    "evaluation_report",
+    "registered_model_version",
+    "champion",
+]
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -47,12 +59,18 @@ def build_defs(settings: Settings) -> dg.Definitions:
         description="Side tables into the feature store and a baseline champion, once before the first day.",
     )
     daily_schedule = dg.build_schedule_from_partitioned_job(
-        daily_job, hour_of_day=2, name="daily_monitoring_schedule",
+        daily_job,
+        hour_of_day=2,
+        name="daily_monitoring_schedule",
         description="Each day after midnight: the previous day through ingestion, monitoring and predictions.",
     )
 
-    @dg.schedule(job=retrain_job, cron_schedule="0 4 * * 0", name="weekly_retrain_schedule",
-                 description="A periodic retrain every Sunday, whatever the monitors say; the gate still decides.")
+    @dg.schedule(
+        job=retrain_job,
+        cron_schedule="0 4 * * 0",
+        name="weekly_retrain_schedule",
+        description="A periodic retrain every Sunday, whatever the monitors say; the gate still decides.",
+    )
     def weekly_retrain(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         as_of = context.scheduled_execution_time.date().isoformat()
         return dg.RunRequest(

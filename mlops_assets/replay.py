@@ -24,6 +24,8 @@ from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings, load_spec
 from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_REASON, TAG_TRIGGER
 
 RUN_KEY_TAG = "dagster/run_key"
+# Every event still goes to the instance (the UI shows it all); only the console is kept for warnings.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SENSOR_TAG = "dagster/sensor_name"
 
 
@@ -56,8 +58,14 @@ def prepare_home(settings: Settings, *, fresh: bool) -> Path:
     """Lay out the embedded profile under the data folder; a fresh replay starts from nothing."""
     home = Path(os.environ.get("DAGSTER_HOME", settings.data_dir / "dagster_home")).resolve()
     if fresh:
-        for p in [home, settings.duckdb_path, settings.data_dir / "lake", settings.data_dir / "mlflow",
-                  settings.data_dir / "io", settings.reports_dir]:
+        for p in [
+            home,
+            settings.duckdb_path,
+            settings.data_dir / "lake",
+            settings.data_dir / "mlflow",
+            settings.data_dir / "io",
+            settings.reports_dir,
+        ]:
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -123,19 +131,23 @@ def replay(
     launched: set[str] = set()
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance)
+        defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
         cursor = None
         for day in days_range:
             pk = day.isoformat()
             t = time.perf_counter()
-            res = daily.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False)
+            res = daily.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False, run_config=QUIET)
             wall = time.perf_counter() - t
             steps = _step_seconds(instance, res.run_id)
             raw_md = _latest_metadata(instance, "raw_batches", pk)
             drift_md = _latest_metadata(instance, "drift_report", pk)
             perf_md = _latest_metadata(instance, "performance_report", pk)
-            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=SENSOR_NAME,
-                                          resources={"spec": defs.resources["spec"]})
+            ctx = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                sensor_name=SENSOR_NAME,
+                resources={"spec": (defs.resources or {})["spec"]},
+            )
             result = sensor(ctx)
             assert isinstance(result, dg.SensorResult)
             cursor = result.cursor
@@ -149,15 +161,20 @@ def replay(
                     retrains.append(retrain_info)
                     mlflow.end_run()  # dagster-mlflow leaves the run active in this process on a skipped step
             else:
-                decision = result.skip_reason.skip_message if result.skip_reason else "skip"
+                decision = (result.skip_reason.skip_message if result.skip_reason else None) or "skip"
             rec = DayRecord(
-                day=day, ok=res.success, wall_seconds=wall, step_seconds=steps,
+                day=day,
+                ok=res.success,
+                wall_seconds=wall,
+                step_seconds=steps,
                 drift_share=drift_md.get("drift_share") if drift_md.get("tested") else None,
                 drift_detected=bool(drift_md.get("drift_detected", False)),
                 decay_detected=bool(perf_md.get("decay_detected", False)),
                 window_metric=perf_md.get("window_value"),
                 champion_version=drift_md.get("champion_version"),
-                decision=decision or "", retrain=retrain_info, problems=list(raw_md.get("problems") or []),
+                decision=decision or "",
+                retrain=retrain_info,
+                problems=list(raw_md.get("problems") or []),
             )
             records.append(rec)
             if on_day:
@@ -168,7 +185,9 @@ def replay(
 def _run_retrain(instance: dg.DagsterInstance, job: Any, rr: dg.RunRequest, day: dt.date) -> dict[str, Any]:
     tags = {**rr.tags, SENSOR_TAG: SENSOR_NAME, RUN_KEY_TAG: rr.run_key or ""}
     t = time.perf_counter()
-    res = job.execute_in_process(instance=instance, run_config=rr.run_config, tags=tags, raise_on_error=False)
+    res = job.execute_in_process(
+        instance=instance, run_config={**rr.run_config, **QUIET}, tags=tags, raise_on_error=False
+    )
     wall = time.perf_counter() - t
     cand = _run_metadata(instance, res.run_id, "candidate_models")
     ev = _run_metadata(instance, res.run_id, "evaluation_report")

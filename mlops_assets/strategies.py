@@ -38,13 +38,15 @@ class StrategyComparison:
     note: str
 
     def render(self) -> str:
-        return "\n".join([
-            f"Continuous training vs never retrained vs retrained daily ({self.metric}, same rows, by month)",
-            self.monthly.round(4).to_string(),
-            "",
-            self.totals.to_string(),
-            self.note,
-        ])
+        return "\n".join(
+            [
+                f"Continuous training vs never retrained vs retrained daily ({self.metric}, same rows, by month)",
+                self.monthly.round(4).to_string(),
+                "",
+                self.totals.to_string(),
+                self.note,
+            ]
+        )
 
 
 def _first_trained_version(registry: ModelRegistryResource, name: str) -> Any | None:
@@ -54,20 +56,31 @@ def _first_trained_version(registry: ModelRegistryResource, name: str) -> Any | 
 
 
 def _fit_recipe(frame: pd.DataFrame, spec: Any, family: str, params: dict[str, Any], seed: int) -> Any:
-    model = build_model(family, params, task=spec.task, numeric=spec.numeric_features,
-                        categorical=spec.categorical_features, seed=seed)
+    model = build_model(
+        family,
+        params,
+        task=spec.task,
+        numeric=spec.numeric_features,
+        categorical=spec.categorical_features,
+        seed=seed,
+    )
     return model.fit(frame[spec.feature_names], frame[spec.target.name].to_numpy())
 
 
 def compare_strategies(result: ReplayResult) -> StrategyComparison:
     spec, settings = result.spec, result.settings
     store = FeatureStore(settings.duckdb_path, spec)
-    registry = ModelRegistryResource(tracking_uri=settings.mlflow_tracking_uri,
-                                     artifact_root=settings.mlflow_artifact_root)
+    registry = ModelRegistryResource(
+        tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+    )
     first = _first_trained_version(registry, spec.model_name)
     if first is None:
-        return StrategyComparison(spec.metric, pd.DataFrame(), pd.DataFrame(),
-                                  "No trained model in this replay yet: nothing to compare.")
+        return StrategyComparison(
+            spec.metric,
+            pd.DataFrame(),
+            pd.DataFrame(),
+            "No trained model in this replay yet: nothing to compare.",
+        )
     as_of = dt.date.fromisoformat(first.tags["mlops.training_as_of"])
     last = result.days[-1].day
     frame = store.training_frame(last)
@@ -82,8 +95,11 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     period = period.merge(log.rename(columns={"score": "continuous"}), on=["entity_id", "event_time"], how="left")
 
     # never: the first trained model, frozen
-    model0 = load_verified(f"models:/{spec.model_name}/{first.version}", first.tags["mlops.model_sha256"],
-                           settings.mlflow_tracking_uri).model
+    model0 = load_verified(
+        f"models:/{spec.model_name}/{first.version}",
+        first.tags["mlops.model_sha256"],
+        settings.mlflow_tracking_uri,
+    ).model
     period["never"] = predict_scores(model0, period[spec.feature_names])
 
     # daily: the same recipe refit every day on the newest window of labels known that morning
@@ -106,21 +122,40 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     period = period.dropna(subset=strategies)
     y = period[spec.target.name].to_numpy()
     period["month"] = pd.to_datetime(period["event_day"]).dt.to_period("M")
-    monthly = pd.DataFrame({
-        s: {str(m): score(spec.metric, g[spec.target.name].to_numpy(), g[s].to_numpy())
-            for m, g in period.groupby("month")} for s in strategies
-    })
+    monthly = pd.DataFrame(
+        {
+            s: {
+                str(m): score(spec.metric, g[spec.target.name].to_numpy(), g[s].to_numpy())
+                for m, g in period.groupby("month")
+            }
+            for s in strategies
+        }
+    )
     cont_cpu = sum(r["cpu_seconds"] for r in result.retrains)
-    first_cpu = next((r["cpu_seconds"] for r in result.retrains if r.get("candidate_version") == str(first.version)),
-                     float(first.tags.get("mlops.cpu_seconds", 0.0)))
-    totals = pd.DataFrame({
-        spec.metric: {s: round(score(spec.metric, y, period[s].to_numpy()), 4) for s in strategies},
-        "retrains": {"continuous": len(result.retrains), "never": 1, "daily": int(period["event_day"].nunique())},
-        "training CPU s": {"continuous": round(cont_cpu, 1), "never": round(first_cpu, 1), "daily": round(cpu, 1)},
-    })
-    note = (f"Scored rows: {len(period)} labelled events from {period['event_day'].min()} to "
-            f"{period['event_day'].max()} (after the first trained model, v{first.version}, as of {as_of}). "
-            f"continuous = the prediction log; never = v{first.version} frozen; daily = {family} with v{first.version}'s "
-            f"hyper-parameters refit every day on the last {DAILY_WINDOW_DAYS} days. Continuous CPU includes every sweep "
-            f"trial; served rows before v{first.version} are not compared ({len(served)} scored predictions in the log).")
+    first_cpu = next(
+        (r["cpu_seconds"] for r in result.retrains if r.get("candidate_version") == str(first.version)),
+        float(first.tags.get("mlops.cpu_seconds", 0.0)),
+    )
+    totals = pd.DataFrame(
+        {
+            spec.metric: {s: round(score(spec.metric, y, period[s].to_numpy()), 4) for s in strategies},
+            "retrains": {
+                "continuous": len(result.retrains),
+                "never": 1,
+                "daily": int(period["event_day"].nunique()),
+            },
+            "training CPU s": {
+                "continuous": round(cont_cpu, 1),
+                "never": round(first_cpu, 1),
+                "daily": round(cpu, 1),
+            },
+        }
+    )
+    note = (
+        f"Scored rows: {len(period)} labelled events from {period['event_day'].min()} to "
+        f"{period['event_day'].max()} (after the first trained model, v{first.version}, as of {as_of}). "
+        f"continuous = the prediction log; never = v{first.version} frozen; daily = {family} with v{first.version}'s "
+        f"hyper-parameters refit every day on the last {DAILY_WINDOW_DAYS} days. Continuous CPU includes every sweep "
+        f"trial; served rows before v{first.version} are not compared ({len(served)} scored predictions in the log)."
+    )
     return StrategyComparison(spec.metric, monthly, totals, note)

@@ -27,35 +27,55 @@ def served_metric_by(result: ReplayResult, freq: str) -> pd.Series:
 
 
 def weekly_table(result: ReplayResult) -> pd.DataFrame:
-    days = pd.DataFrame([{
-        "day": pd.Timestamp(r.day), "drift_share": r.drift_share, "drift": r.drift_detected,
-        "decay": r.decay_detected, "champion": r.champion_version, "ok": r.ok,
-        "retrain": r.retrain["decision"] if r.retrain else "",
-    } for r in result.days])
+    days = pd.DataFrame(
+        [
+            {
+                "day": pd.Timestamp(r.day),
+                "drift_share": r.drift_share,
+                "drift": r.drift_detected,
+                "decay": r.decay_detected,
+                "champion": r.champion_version,
+                "ok": r.ok,
+                "retrain": r.retrain["decision"] if r.retrain else "",
+            }
+            for r in result.days
+        ]
+    )
     days["week"] = days["day"].dt.to_period("W-SUN")
     served = served_metric_by(result, "W-SUN")
     rows = []
     for week, g in days.groupby("week"):
         retrains = [x for x in g["retrain"] if x]
-        rows.append({
-            "week": str(week.start_time.date()),
-            "drift share": round(float(g["drift_share"].mean()), 3) if g["drift_share"].notna().any() else None,
-            "drift days": int(g["drift"].sum()),
-            "decay days": int(g["decay"].sum()),
-            "champion": "v" + str(g["champion"].dropna().iloc[-1]) if g["champion"].notna().any() else "-",
-            f"served {result.spec.metric}": round(float(served[week]), 4) if week in served.index else None,
-            "retrains": ", ".join(retrains),
-            "failed days": int((~g["ok"]).sum()),
-        })
+        rows.append(
+            {
+                "week": str(week.start_time.date()),
+                "drift share": round(float(g["drift_share"].mean()), 3) if g["drift_share"].notna().any() else None,
+                "drift days": int(g["drift"].sum()),
+                "decay days": int(g["decay"].sum()),
+                "champion": "v" + str(g["champion"].dropna().iloc[-1]) if g["champion"].notna().any() else "-",
+                f"served {result.spec.metric}": round(float(served[week]), 4) if week in served.index else None,
+                "retrains": ", ".join(retrains),
+                "failed days": int((~g["ok"]).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def retrain_table(result: ReplayResult) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "day": str(r["day"]), "trigger": r["trigger"], "best": f"{r['family']} (window {r['window']})",
-        "decision": r["decision"], "champion after": f"v{r['champion_version']}",
-        "CPU s": round(r["cpu_seconds"], 1), "why": (r["gate_reason"] or "")[:110],
-    } for r in result.retrains])
+    return pd.DataFrame(
+        [
+            {
+                "day": str(r["day"]),
+                "trigger": r["trigger"],
+                "best": f"{r['family']} (window {r['window']})",
+                "decision": r["decision"],
+                "champion after": f"v{r['champion_version']}",
+                "CPU s": round(r["cpu_seconds"], 1),
+                "why": (r["gate_reason"] or "")[:110],
+            }
+            for r in result.retrains
+        ]
+    )
 
 
 def overhead_line(result: ReplayResult) -> str:
@@ -63,8 +83,10 @@ def overhead_line(result: ReplayResult) -> str:
     steps = sum(r.step_seconds for r in result.days)
     n = len(result.days)
     share = (wall - steps) / wall if wall else 0.0
-    return (f"Daily tick: {wall / n:.2f} s mean wall, of which {steps / n:.2f} s asset work and "
-            f"{(wall - steps) / n:.2f} s Dagster overhead ({share:.0%}); in-process executor for light steps.")
+    return (
+        f"Daily tick: {wall / n:.2f} s mean wall, of which {steps / n:.2f} s asset work and "
+        f"{(wall - steps) / n:.2f} s Dagster overhead ({share:.0%}); in-process executor for light steps."
+    )
 
 
 def render_summary(result: ReplayResult, *, compare: bool = True) -> str:

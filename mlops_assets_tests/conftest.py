@@ -31,8 +31,14 @@ TOY_SPEC: dict[str, Any] = {
         "label_rates": {"user_rate_7d": {"by": ["user"], "window_days": 7}},
     },
     "replay": {"start": "2024-01-01", "end": "2024-01-10"},
-    "search": {"trials": 2, "seconds": 30, "seed": 1, "windows": [None], "recency_half_lives": [None],
-               "families": {"logistic": {"C": [1.0]}}},
+    "search": {
+        "trials": 2,
+        "seconds": 30,
+        "seed": 1,
+        "windows": [None],
+        "recency_half_lives": [None],
+        "families": {"logistic": {"C": [1.0]}},
+    },
 }
 
 
@@ -40,8 +46,11 @@ def fast_flights_spec(tmp: Path, **overrides: Any) -> Path:
     """The shipped flights spec with a small search and an early first model, so tests run in seconds."""
     spec = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec["search"].update({"trials": 3, "seconds": 60, "windows": [None], "recency_half_lives": [None]})
-    spec["search"]["families"] = {"baseline": {}, "logistic": {"C": [0.1, 1.0]},
-                                  "hist_gradient_boosting": {"max_iter": [60], "learning_rate": [0.1]}}
+    spec["search"]["families"] = {
+        "baseline": {},
+        "logistic": {"C": [0.1, 1.0]},
+        "hist_gradient_boosting": {"max_iter": [60], "learning_rate": [0.1]},
+    }
     spec["policy"].update({"bootstrap_min_rows": 18000, "cooldown_days": 3, "min_new_labelled_rows": 1000})
     spec["monitoring"]["evidently_every_days"] = 0
     spec["training"].update({"holdout_days": 3, "validation_days": 3})
@@ -58,8 +67,14 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLOPS_DATA_DIR", str(d))
     monkeypatch.setenv("DAGSTER_HOME", str(d / "dagster_home"))
     (d / "dagster_home").mkdir(parents=True)
-    for var in ("MLFLOW_TRACKING_URI", "MLOPS_LAKE_URI", "MLOPS_DUCKDB_PATH", "MLOPS_PROFILE",
-                "MLOPS_MLFLOW_ARTIFACT_ROOT", "MLOPS_SPEC"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLOPS_LAKE_URI",
+        "MLOPS_DUCKDB_PATH",
+        "MLOPS_PROFILE",
+        "MLOPS_MLFLOW_ARTIFACT_ROOT",
+        "MLOPS_SPEC",
+    ):
         monkeypatch.delenv(var, raising=False)
     return d
 

@@ -50,6 +50,16 @@ def test_settings_default_under_data_dir_and_follow_the_environment(tmp_path: Pa
     assert s.duckdb_path == tmp_path / "feature_store.duckdb"
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     assert s.profile == "embedded"
-    p = Settings.from_env({"MLOPS_DATA_DIR": str(tmp_path), "MLOPS_PROFILE": "production",
-                           "MLOPS_LAKE_URI": "s3://bucket/lake", "MLFLOW_TRACKING_URI": "postgresql://db/mlflow"})
-    assert (p.profile, p.lake_uri, p.mlflow_tracking_uri) == ("production", "s3://bucket/lake", "postgresql://db/mlflow")
+    p = Settings.from_env(
+        {
+            "MLOPS_DATA_DIR": str(tmp_path),
+            "MLOPS_PROFILE": "production",
+            "MLOPS_LAKE_URI": "s3://bucket/lake",
+            "MLFLOW_TRACKING_URI": "postgresql://db/mlflow",
+        }
+    )
+    assert (p.profile, p.lake_uri, p.mlflow_tracking_uri) == (
+        "production",
+        "s3://bucket/lake",
+        "postgresql://db/mlflow",
+    )

@@ -93,9 +93,7 @@ def rows_for_day(spec: DatasetSpec, day: dt.date, frames: list[tuple[str, pd.Dat
             continue
         con.register("src", df)
         try:
-            sel = con.execute(
-                f"SELECT * FROM src WHERE CAST(({spec.event_time}) AS DATE) = ?", [day]
-            ).df()
+            sel = con.execute(f"SELECT * FROM src WHERE CAST(({spec.event_time}) AS DATE) = ?", [day]).df()
         except duckdb.Error as exc:
             raise SourceError(f"{name}: the spec's event_time expression fails on this file: {exc}") from exc
         finally:

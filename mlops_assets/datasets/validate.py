@@ -48,9 +48,11 @@ def _cast(series: pd.Series, rule: ColumnRule) -> pd.Series:
         return out.dt.date if rule.type == "date" else out
     if rule.type == "bool":
         mapped = series.map(
-            lambda v: {"true": True, "false": False, "1": True, "0": False}.get(str(v).strip().lower())
-            if pd.notna(v)
-            else None
+            lambda v: (
+                {"true": True, "false": False, "1": True, "0": False}.get(str(v).strip().lower())
+                if pd.notna(v)
+                else None
+            )
         )
         return mapped
     return series.where(series.isna(), series.astype(str))
@@ -116,9 +118,7 @@ def validate_day(spec: DatasetSpec, day: dt.date, rows: pd.DataFrame, files: lis
     for col, rule in spec.schema_.items():
         if rule.type == "int" and not rule.nullable:
             accepted[col] = typed.loc[accepted_mask, col].astype("int64")
-        elif rule.type in ("int", "float"):
-            accepted[col] = typed.loc[accepted_mask, col]
-        elif rule.type == "timestamp":
+        elif rule.type in ("int", "float") or rule.type == "timestamp":
             accepted[col] = typed.loc[accepted_mask, col]
     quarantined = rows.loc[~accepted_mask].assign(**{REASON_COLUMN: reasons[~accepted_mask]})
     return ValidationOutcome(day, accepted.reset_index(drop=True), quarantined.reset_index(drop=True), problems)

@@ -1,6 +1,5 @@
 """Resources shared by every domain, picked per deployment by MLOPS_PROFILE (embedded or production)."""
 
-
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -206,7 +205,7 @@ def mlflow_tracking_resource(settings: Settings, experiment: str) -> dg.Resource
     @dg.resource(config_schema=dict(mlflow_tracking.config_schema.config_type.fields))  # type: ignore[union-attr]
     def mlflow_run(context: dg.InitResourceContext) -> Any:
         ensure_experiment(settings.mlflow_tracking_uri, experiment, settings.mlflow_artifact_root)
-        return mlflow_tracking.resource_fn(context)
+        return mlflow_tracking.resource_fn(context)  # type: ignore[call-arg]
 
     return mlflow_run.configured({"experiment_name": experiment, "mlflow_tracking_uri": settings.mlflow_tracking_uri})
 
@@ -228,9 +227,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         io_manager = dg.FilesystemIOManager(base_dir=str(settings.data_dir / "io"))
     return {
         "spec": SpecResource(spec_path=str(settings.spec_path)),
-        "feature_store": FeatureStoreResource(
-            duckdb_path=str(settings.duckdb_path), spec_path=str(settings.spec_path)
-        ),
+        "feature_store": FeatureStoreResource(duckdb_path=str(settings.duckdb_path), spec_path=str(settings.spec_path)),
         "lake": LakeResource(
             uri=settings.lake_uri,
             s3_endpoint_url=dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value(),

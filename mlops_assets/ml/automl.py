@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,15 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
-        unknown = set(d) - {"families", "windows", "recency_half_lives", "trials", "seconds", "seed", "n_jobs"}
+        unknown = set(d) - {
+            "families",
+            "windows",
+            "recency_half_lives",
+            "trials",
+            "seconds",
+            "seed",
+            "n_jobs",
+        }
         if unknown:
             raise ValueError(f"search: unknown keys {sorted(unknown)}")
         families = dict(d.get("families") or {})
@@ -106,10 +114,21 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
     def leaderboard(self) -> pd.DataFrame:
-        rows = [{"trial": t.number, "family": t.family, "window_days": t.window_days,
-                 "half_life_days": t.half_life_days, self.metric: t.score, "state": t.state,
-                 "wall_s": round(t.wall_seconds, 2), "cpu_s": round(t.cpu_seconds, 2), "n_train": t.n_train,
-                 "params": ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())} for t in self.trials]
+        rows = [
+            {
+                "trial": t.number,
+                "family": t.family,
+                "window_days": t.window_days,
+                "half_life_days": t.half_life_days,
+                self.metric: t.score,
+                "state": t.state,
+                "wall_s": round(t.wall_seconds, 2),
+                "cpu_s": round(t.cpu_seconds, 2),
+                "n_train": t.n_train,
+                "params": ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
+            }
+            for t in self.trials
+        ]
         board = pd.DataFrame(rows)
         if board.empty:
             return board
@@ -147,9 +166,20 @@ def recency_weights(frame: pd.DataFrame, time_column: str, half_life_days: float
     return np.power(0.5, age / float(half_life_days))
 
 
-def fit_recipe(frame: pd.DataFrame, *, family: str, params: Mapping[str, Any], window_days: int | None,
-               half_life_days: float | None, target: str, time_column: str, numeric: Sequence[str],
-               categorical: Sequence[str], task: str, seed: int) -> tuple[Pipeline, int]:
+def fit_recipe(
+    frame: pd.DataFrame,
+    *,
+    family: str,
+    params: Mapping[str, Any],
+    window_days: int | None,
+    half_life_days: float | None,
+    target: str,
+    time_column: str,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    task: str,
+    seed: int,
+) -> tuple[Pipeline, int]:
     """Fit one configuration on its window of `frame`: used by the sweep's refit and by anyone who wants to
     retrain a registered model's recipe on other data."""
     rows = window_rows(frame, time_column, window_days)
@@ -161,9 +191,20 @@ def fit_recipe(frame: pd.DataFrame, *, family: str, params: Mapping[str, Any], w
     return model, len(rows)
 
 
-def run_sweep(train: pd.DataFrame, valid: pd.DataFrame, *, target: str, time_column: str, numeric: Sequence[str],
-              categorical: Sequence[str], task: str, metric: str, space: SearchSpace,
-              on_trial: Callable[[TrialResult], None] | None = None, refit: bool = True) -> SweepResult:
+def run_sweep(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    *,
+    target: str,
+    time_column: str,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    task: str,
+    metric: str,
+    space: SearchSpace,
+    on_trial: Callable[[TrialResult], None] | None = None,
+    refit: bool = True,
+) -> SweepResult:
     """Search on `train`, score on `valid`; the winner is refit on train + valid (its window measured from
     the newest row) so that the shipped model has seen the most recent week too."""
     import optuna
@@ -172,7 +213,7 @@ def run_sweep(train: pd.DataFrame, valid: pd.DataFrame, *, target: str, time_col
     if train.empty or valid.empty:
         raise ValueError(f"run_sweep needs rows to train and validate on (train {len(train)}, valid {len(valid)})")
     features = [*numeric, *categorical]
-    direction = "maximize" if higher_is_better(metric) else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if higher_is_better(metric) else "minimize"
     y_valid = valid[target].to_numpy()
     X_valid = valid[features]
     results: list[TrialResult] = []
@@ -201,7 +242,11 @@ def run_sweep(train: pd.DataFrame, valid: pd.DataFrame, *, target: str, time_col
                 trial.report(score(metric, y_valid, predict_scores(m, X_valid)), step=0)
                 if trial.should_prune():
                     sw.__exit__(None, None, None)
-                    result.state, result.wall_seconds, result.cpu_seconds = "pruned", sw.wall_seconds, sw.cpu_seconds
+                    result.state, result.wall_seconds, result.cpu_seconds = (
+                        "pruned",
+                        sw.wall_seconds,
+                        sw.cpu_seconds,
+                    )
                     result.n_train = n_rung
                     raise optuna.TrialPruned()
             m = build_model(family, params, task=task, numeric=numeric, categorical=categorical, seed=space.seed)
@@ -211,14 +256,15 @@ def run_sweep(train: pd.DataFrame, valid: pd.DataFrame, *, target: str, time_col
             sw.__exit__(None, None, None)
             result.score, result.state = float(value), "complete"
             result.wall_seconds, result.cpu_seconds = sw.wall_seconds, sw.cpu_seconds
-            better = (not best_model or (value > best_model["score"] if direction == "maximize"
-                                         else value < best_model["score"]))
+            better = not best_model or (
+                value > best_model["score"] if direction == "maximize" else value < best_model["score"]
+            )
             if better and math.isfinite(value):
                 best_model.update(score=value, trial=result)
             return float(value)
         except optuna.TrialPruned:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failing configuration is recorded and the search goes on
+        except Exception as exc:
             sw.__exit__(None, None, None)
             result.error = f"{type(exc).__name__}: {exc}"
             result.wall_seconds, result.cpu_seconds = sw.wall_seconds, sw.cpu_seconds
@@ -242,8 +288,18 @@ def run_sweep(train: pd.DataFrame, valid: pd.DataFrame, *, target: str, time_col
     if time.perf_counter() - started >= space.seconds:
         notes.append(f"wall-time budget of {space.seconds:g} s reached after {len(results)} trials")
     full = pd.concat([train, valid], ignore_index=True) if refit else train
-    model, n_refit = fit_recipe(full, family=best.family, params=best.params, window_days=best.window_days,
-                                half_life_days=best.half_life_days, target=target, time_column=time_column,
-                                numeric=numeric, categorical=categorical, task=task, seed=space.seed)
+    model, n_refit = fit_recipe(
+        full,
+        family=best.family,
+        params=best.params,
+        window_days=best.window_days,
+        half_life_days=best.half_life_days,
+        target=target,
+        time_column=time_column,
+        numeric=numeric,
+        categorical=categorical,
+        task=task,
+        seed=space.seed,
+    )
     total.__exit__(None, None, None)
     return SweepResult(results, best, model, metric, total.wall_seconds, total.cpu_seconds, n_refit, notes)

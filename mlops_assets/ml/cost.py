@@ -23,7 +23,8 @@ class Stopwatch:
         self._cpu = _cpu()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.wall_seconds = time.perf_counter() - self._wall
         self.cpu_seconds = _cpu() - self._cpu

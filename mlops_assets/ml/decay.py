@@ -31,7 +31,12 @@ import pandas as pd
 
 METRICS = ("roc_auc", "log_loss", "accuracy", "rmse", "mae", "r2")
 _HIGHER_IS_BETTER = {
-    "roc_auc": True, "accuracy": True, "r2": True, "log_loss": False, "rmse": False, "mae": False,
+    "roc_auc": True,
+    "accuracy": True,
+    "r2": True,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
 }
 
 
@@ -74,6 +79,7 @@ class DecayResult:
 # plain metric is the single replicate arange(n).
 # --------------------------------------------------------------------------------------------------------
 
+
 def _binary(y_true: np.ndarray, metric: str) -> np.ndarray:
     values = np.unique(y_true)
     if not np.isin(values, [0, 1]).all():
@@ -108,8 +114,12 @@ def _metric_replicates(metric: str, idx: np.ndarray, y: np.ndarray, s: np.ndarra
         return per_row[idx].mean(axis=1)
     if metric == "accuracy":
         # scores in [0, 1] against 0/1 labels are probabilities (cut at 0.5); otherwise they are labels
-        is_prob = bool(np.issubdtype(s.dtype, np.floating) and s.min() >= 0 and s.max() <= 1
-                       and np.isin(np.unique(y), [0, 1]).all())
+        is_prob = bool(
+            np.issubdtype(s.dtype, np.floating)
+            and s.min() >= 0
+            and s.max() <= 1
+            and np.isin(np.unique(y), [0, 1]).all()
+        )
         pred = (s >= 0.5).astype(y.dtype) if is_prob else s
         return (pred == y).astype(np.float64)[idx].mean(axis=1)
     e = s.astype(np.float64) - y.astype(np.float64)
@@ -145,9 +155,18 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
-def detect_decay(scored: pd.DataFrame, *, metric: str, reference_value: float, tolerance: float,
-                 window_days: int = 7, n_boot: int = 500, confidence: float = 0.95, seed: int = 0,
-                 min_rows: int = 200) -> DecayResult:
+def detect_decay(
+    scored: pd.DataFrame,
+    *,
+    metric: str,
+    reference_value: float,
+    tolerance: float,
+    window_days: int = 7,
+    n_boot: int = 500,
+    confidence: float = 0.95,
+    seed: int = 0,
+    min_rows: int = 200,
+) -> DecayResult:
     """Decay when the bootstrap interval of the metric over the last `window_days` labelled days lies
     entirely beyond `reference_value` -/+ `tolerance` (on the worse side for this metric)."""
     higher = higher_is_better(metric)
@@ -168,10 +187,10 @@ def detect_decay(scored: pd.DataFrame, *, metric: str, reference_value: float, t
     limit = reference_value - tolerance if higher else reference_value + tolerance
     nan = float("nan")
 
-    def result(window: float, lo: float, hi: float, day: float | None, detected: bool,
-               reason: str) -> DecayResult:
-        return DecayResult(metric, day, window, lo, hi, float(reference_value), float(tolerance), n, n_days,
-                           detected, reason)
+    def result(window: float, lo: float, hi: float, day: float | None, detected: bool, reason: str) -> DecayResult:
+        return DecayResult(
+            metric, day, window, lo, hi, float(reference_value), float(tolerance), n, n_days, detected, reason
+        )
 
     if n < min_rows:
         window = score(metric, y, s) if n else nan
@@ -181,25 +200,38 @@ def detect_decay(scored: pd.DataFrame, *, metric: str, reference_value: float, t
     day_out = day_value if math.isfinite(day_value) else None
     window = score(metric, y, s)
     if not math.isfinite(window):
-        return result(window, nan, nan, day_out, False,
-                      f"{metric} is undefined on the window ({n} rows, e.g. a single class)")
+        return result(
+            window,
+            nan,
+            nan,
+            day_out,
+            False,
+            f"{metric} is undefined on the window ({n} rows, e.g. a single class)",
+        )
     rng = np.random.default_rng(seed)
     # replicates in chunks: the same numbers as one big index matrix, but the working set stays in cache
     chunk = max(1, min(n_boot, BOOT_CHUNK_CELLS // n))
-    boots = np.concatenate([
-        _metric_replicates(metric, rng.integers(0, n, size=(min(chunk, n_boot - start), n)), y, s)
-        for start in range(0, n_boot, chunk)
-    ])
+    boots = np.concatenate(
+        [
+            _metric_replicates(metric, rng.integers(0, n, size=(min(chunk, n_boot - start), n)), y, s)
+            for start in range(0, n_boot, chunk)
+        ]
+    )
     alpha = (1 - confidence) / 2
     lo, hi = (float(v) for v in np.nanquantile(boots, [alpha, 1 - alpha]))
     detected = hi < limit if higher else lo > limit
     side = "below" if higher else "above"
-    span = (f"{metric} {window:.4f} over the last {n_days} labelled days ({n} rows, "
-            f"{confidence:.0%} CI {lo:.4f}–{hi:.4f})")
+    span = (
+        f"{metric} {window:.4f} over the last {n_days} labelled days ({n} rows, {confidence:.0%} CI {lo:.4f}–{hi:.4f})"
+    )
     if detected:
-        reason = (f"decay: {span} lies entirely {side} {limit:.4f} (validation {reference_value:.4f}, "
-                  f"tolerance {tolerance:g})")
+        reason = (
+            f"decay: {span} lies entirely {side} {limit:.4f} (validation {reference_value:.4f}, "
+            f"tolerance {tolerance:g})"
+        )
     else:
-        reason = (f"no decay: {span} is not entirely {side} {limit:.4f} (validation {reference_value:.4f}, "
-                  f"tolerance {tolerance:g}); latest day {_fmt(day_out)}")
+        reason = (
+            f"no decay: {span} is not entirely {side} {limit:.4f} (validation {reference_value:.4f}, "
+            f"tolerance {tolerance:g}); latest day {_fmt(day_out)}"
+        )
     return result(window, lo, hi, day_out, detected, reason)

@@ -54,7 +54,11 @@ PROFILE_VERSION = 1
 
 # Evidently's default thresholds, and whether the statistic is a p-value (drift when small).
 THRESHOLDS: dict[str, float] = {
-    "ks": 0.05, "chisquare": 0.05, "z": 0.05, "wasserstein": 0.1, "jensenshannon": 0.1,
+    "ks": 0.05,
+    "chisquare": 0.05,
+    "z": 0.05,
+    "wasserstein": 0.1,
+    "jensenshannon": 0.1,
 }
 P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})
 
@@ -127,16 +131,25 @@ class _NumericSketch:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": "numeric", "n": self.n, "std": self.std, "exact": self.exact,
-            "values": self.values.tolist(), "counts": self.counts.tolist(), "sketch_error": self.sketch_error,
+            "kind": "numeric",
+            "n": self.n,
+            "std": self.std,
+            "exact": self.exact,
+            "values": self.values.tolist(),
+            "counts": self.counts.tolist(),
+            "sketch_error": self.sketch_error,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _NumericSketch:
-        return cls(n=int(d["n"]), std=float(d["std"]), exact=bool(d["exact"]),
-                   values=np.asarray(d["values"], dtype=np.float64),
-                   counts=np.asarray(d["counts"], dtype=np.int64),
-                   sketch_error=float(d.get("sketch_error", 0.0)))
+        return cls(
+            n=int(d["n"]),
+            std=float(d["std"]),
+            exact=bool(d["exact"]),
+            values=np.asarray(d["values"], dtype=np.float64),
+            counts=np.asarray(d["counts"], dtype=np.int64),
+            sketch_error=float(d.get("sketch_error", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -204,8 +217,14 @@ def _sketch_numeric(x: np.ndarray, max_atoms: int) -> _NumericSketch:
     means = np.add.reduceat(xs, bounds) / counts
     # W1(reference, its sketch): each value moves to its slice's mean; an upper bound on the sketch's error
     err = float(np.abs(xs - np.repeat(means, counts)).sum() / n)
-    return _NumericSketch(n=n, std=std, exact=False, values=means, counts=counts.astype(np.int64),
-                          sketch_error=err / max(std, 0.001))
+    return _NumericSketch(
+        n=n,
+        std=std,
+        exact=False,
+        values=means,
+        counts=counts.astype(np.int64),
+        sketch_error=err / max(std, 0.001),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -383,8 +402,9 @@ class ReferenceProfile:
     """Reference side summarised once (quantile sketch / histogram per numeric column, category counts),
     stored with the champion."""
 
-    def __init__(self, numeric: dict[str, _NumericSketch], categorical: dict[str, _CategoricalCounts],
-                 n_rows: int) -> None:
+    def __init__(
+        self, numeric: dict[str, _NumericSketch], categorical: dict[str, _CategoricalCounts], n_rows: int
+    ) -> None:
         self.numeric = numeric
         self.categorical = categorical
         self.n_rows = n_rows
@@ -394,8 +414,14 @@ class ReferenceProfile:
         return [*self.numeric, *self.categorical]
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, *, numeric: Sequence[str], categorical: Sequence[str],
-                   max_atoms: int = MAX_ATOMS) -> ReferenceProfile:
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        *,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        max_atoms: int = MAX_ATOMS,
+    ) -> ReferenceProfile:
         """One pass (a sort per numeric column, a count per categorical) over the reference rows."""
         overlap = set(numeric) & set(categorical)
         if overlap:
@@ -431,12 +457,13 @@ class ReferenceProfile:
         d = json.loads(s)
         if d.get("version") != PROFILE_VERSION:
             raise ValueError(f"unsupported reference profile version {d.get('version')!r}")
-        return cls({c: _NumericSketch.from_json(v) for c, v in d["numeric"].items()},
-                   {c: _CategoricalCounts.from_json(v) for c, v in d["categorical"].items()},
-                   int(d["n_rows"]))
+        return cls(
+            {c: _NumericSketch.from_json(v) for c, v in d["numeric"].items()},
+            {c: _CategoricalCounts.from_json(v) for c, v in d["categorical"].items()},
+            int(d["n_rows"]),
+        )
 
-    def compare(self, current: Any, *, drift_share: float = 0.5,
-                columns: Sequence[str] | None = None) -> DriftResult:
+    def compare(self, current: Any, *, drift_share: float = 0.5, columns: Sequence[str] | None = None) -> DriftResult:
         """Test every profiled column (or `columns`) of `current` against the reference."""
         cols = list(columns) if columns is not None else self.columns
         unknown = [c for c in cols if c not in self.numeric and c not in self.categorical]
@@ -461,19 +488,29 @@ class ReferenceProfile:
 
 
 def _infer_categorical(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    return [c for c in columns
-            if not pd.api.types.is_numeric_dtype(df[c].dtype) or pd.api.types.is_bool_dtype(df[c].dtype)]
+    return [
+        c for c in columns if not pd.api.types.is_numeric_dtype(df[c].dtype) or pd.api.types.is_bool_dtype(df[c].dtype)
+    ]
 
 
-def compute_drift(reference: pd.DataFrame, current: Any, *, columns: Sequence[str] | None = None,
-                  categorical: Sequence[str] | None = None, drift_share: float = 0.5) -> DriftResult:
+def compute_drift(
+    reference: pd.DataFrame,
+    current: Any,
+    *,
+    columns: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
+    drift_share: float = 0.5,
+) -> DriftResult:
     """One-off comparison of two frames (profiles the reference, then compares).
 
     Columns default to all of the reference's; those not listed as categorical are numeric, and when
     `categorical` is None the object/category/bool/string columns are."""
     cols = list(columns) if columns is not None else list(reference.columns)
-    cats = [c for c in cols if c in set(categorical)] if categorical is not None else \
-        _infer_categorical(reference, [c for c in cols if c in reference.columns])
+    cats = (
+        [c for c in cols if c in set(categorical)]
+        if categorical is not None
+        else _infer_categorical(reference, [c for c in cols if c in reference.columns])
+    )
     nums = [c for c in cols if c not in set(cats)]
     profile = ReferenceProfile.from_frame(reference, numeric=nums, categorical=cats)
     return profile.compare(current, drift_share=drift_share, columns=cols)

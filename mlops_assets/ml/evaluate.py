@@ -75,15 +75,36 @@ class Comparison:
     slices: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("metric", "challenger", "champion", "delta", "ci_low", "ci_high",
-                                               "p_value", "n", "n_boot")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "metric",
+                "challenger",
+                "champion",
+                "delta",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "n",
+                "n_boot",
+            )
+        }
         out["slices"] = self.slices.to_dict(orient="records")
         return out
 
 
-def compare_models(y_true: Any, challenger_scores: Any, champion_scores: Any, *, metric: str,
-                   slices: pd.DataFrame | None = None, min_slice_rows: int = 200, n_boot: int = 1000,
-                   seed: int = 0, confidence: float = 0.95) -> Comparison:
+def compare_models(
+    y_true: Any,
+    challenger_scores: Any,
+    champion_scores: Any,
+    *,
+    metric: str,
+    slices: pd.DataFrame | None = None,
+    min_slice_rows: int = 200,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Comparison:
     y = np.asarray(y_true, dtype=float)
     a, b = np.asarray(challenger_scores, dtype=float), np.asarray(champion_scores, dtype=float)
     n = len(y)
@@ -96,7 +117,7 @@ def compare_models(y_true: Any, challenger_scores: Any, champion_scores: Any, *,
     deltas = deltas[np.isfinite(deltas)]
     alpha = 1.0 - confidence
     ca, cb = score(metric, y, a), score(metric, y, b)
-    ci_low, ci_high = (np.quantile(deltas, [alpha / 2, 1 - alpha / 2]) if len(deltas) else (np.nan, np.nan))
+    ci_low, ci_high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2]) if len(deltas) else (np.nan, np.nan)
     p_value = float(np.mean(deltas <= 0)) if len(deltas) else 1.0
     rows = []
     if slices is not None:
@@ -107,11 +128,29 @@ def compare_models(y_true: Any, challenger_scores: Any, champion_scores: Any, *,
                 if m.sum() < min_slice_rows or (metric == "roc_auc" and len(np.unique(y[m])) < 2):
                     continue
                 sa, sb = score(metric, y[m], a[m]), score(metric, y[m], b[m])
-                rows.append({"slice_column": col, "slice_value": value, "n": int(m.sum()), "challenger": sa,
-                             "champion": sb, "delta": sign * (sa - sb)})
+                rows.append(
+                    {
+                        "slice_column": col,
+                        "slice_value": value,
+                        "n": int(m.sum()),
+                        "challenger": sa,
+                        "champion": sb,
+                        "delta": sign * (sa - sb),
+                    }
+                )
     table = pd.DataFrame(rows, columns=["slice_column", "slice_value", "n", "challenger", "champion", "delta"])
-    return Comparison(metric, float(ca), float(cb), float(sign * (ca - cb)), float(ci_low), float(ci_high),
-                      p_value, n, n_boot, table.sort_values("delta").reset_index(drop=True))
+    return Comparison(
+        metric,
+        float(ca),
+        float(cb),
+        float(sign * (ca - cb)),
+        float(ci_low),
+        float(ci_high),
+        p_value,
+        n,
+        n_boot,
+        table.sort_values("delta").reset_index(drop=True),
+    )
 
 
 def performance_html(df: pd.DataFrame, *, target: str, prediction: str, task: str, path: Path) -> Path:
@@ -123,8 +162,9 @@ def performance_html(df: pd.DataFrame, *, target: str, prediction: str, task: st
     data = df[[target, prediction]].copy()
     if task == "classification":
         data[target] = data[target].astype(int)
-        definition = DataDefinition(classification=[BinaryClassification(
-            target=target, prediction_probas=prediction, pos_label=1)])
+        definition = DataDefinition(
+            classification=[BinaryClassification(target=target, prediction_probas=prediction, pos_label=1)]
+        )
         preset: Any = ClassificationPreset()
     else:
         definition = DataDefinition(regression=[Regression(target=target, prediction=prediction)])

@@ -49,15 +49,24 @@ def summarize_snapshot(snapshot_dict: dict[str, Any]) -> dict[str, Any]:
             method = METHOD_NAMES.get(display, display)
             value, threshold = float(m["value"]), float(cfg.get("threshold"))
             summary["columns"][cfg["column"]] = {
-                "method": method, "threshold": threshold, "value": value,
+                "method": method,
+                "threshold": threshold,
+                "value": value,
                 "drifted": _drifted(method, value, threshold),
             }
     return summary
 
 
-def data_drift_html(reference: pd.DataFrame, current: pd.DataFrame, *, numeric: Sequence[str],
-                    categorical: Sequence[str], path: Path, max_reference_rows: int = 20000,
-                    seed: int = 0) -> dict[str, Any]:
+def data_drift_html(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    path: Path,
+    max_reference_rows: int = 20000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write Evidently's data drift report for `current` against `reference` to `path`; return its summary.
 
     The reference is sampled down to `max_reference_rows` (seeded, so the same day renders the same page):

@@ -55,9 +55,15 @@ def _ordinal() -> OrdinalEncoder:
     )
 
 
-
-def build_model(family: str, params: Mapping[str, Any], *, task: str, numeric: Sequence[str],
-                categorical: Sequence[str], seed: int) -> Pipeline:
+def build_model(
+    family: str,
+    params: Mapping[str, Any],
+    *,
+    task: str,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    seed: int,
+) -> Pipeline:
     numeric, categorical = list(numeric), list(categorical)
     params = dict(params)
     classification = task == "classification"
@@ -66,32 +72,65 @@ def build_model(family: str, params: Mapping[str, Any], *, task: str, numeric: S
         return Pipeline([(ESTIMATOR_STEP, est)])
     if family in ("logistic", "ridge"):
         if (family == "logistic") != classification:
-            raise ValueError(f"family {family!r} does not fit task {task!r} (use {'logistic' if classification else 'ridge'})")
-        pre = ColumnTransformer([
-            ("num", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                              ("scale", StandardScaler())]), numeric),
-            ("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="missing",
-                                                       keep_empty_features=True)),
-                              ("onehot", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20))]),
-             categorical),
-        ])
-        est = (LogisticRegression(max_iter=2000, random_state=seed, **params) if classification
-               else Ridge(random_state=seed, **params))
+            raise ValueError(
+                f"family {family!r} does not fit task {task!r} (use {'logistic' if classification else 'ridge'})"
+            )
+        pre = ColumnTransformer(
+            [
+                (
+                    "num",
+                    Pipeline(
+                        [
+                            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                            ("scale", StandardScaler()),
+                        ]
+                    ),
+                    numeric,
+                ),
+                (
+                    "cat",
+                    Pipeline(
+                        [
+                            (
+                                "impute",
+                                SimpleImputer(strategy="constant", fill_value="missing", keep_empty_features=True),
+                            ),
+                            ("onehot", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20)),
+                        ]
+                    ),
+                    categorical,
+                ),
+            ]
+        )
+        est = (
+            LogisticRegression(max_iter=2000, random_state=seed, **params)
+            if classification
+            else Ridge(random_state=seed, **params)
+        )
         return Pipeline([("preprocess", pre), (ESTIMATOR_STEP, est)])
     if family == "random_forest":
-        pre = ColumnTransformer([
-            ("num", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
-            ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1),
-             categorical),
-        ])
+        pre = ColumnTransformer(
+            [
+                ("num", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
+                (
+                    "cat",
+                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1),
+                    categorical,
+                ),
+            ]
+        )
         cls = RandomForestClassifier if classification else RandomForestRegressor
         return Pipeline([("preprocess", pre), (ESTIMATOR_STEP, cls(random_state=seed, n_jobs=2, **params))])
     if family == "hist_gradient_boosting":
         pre = ColumnTransformer([("num", "passthrough", numeric), ("cat", _ordinal(), categorical)])
         cat_mask = [False] * len(numeric) + [True] * len(categorical)
         cls = HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
-        return Pipeline([("preprocess", pre),
-                         (ESTIMATOR_STEP, cls(random_state=seed, categorical_features=cat_mask, **params))])
+        return Pipeline(
+            [
+                ("preprocess", pre),
+                (ESTIMATOR_STEP, cls(random_state=seed, categorical_features=cat_mask, **params)),
+            ]
+        )
     raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -122,8 +161,9 @@ def pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("scikit-learn", "numpy", "pandas", "scipy", "skops", "mlflow")]
 
 
-def log_model(model: Pipeline, *, name: str, input_example: pd.DataFrame,
-              registered_model_name: str | None = None) -> Any:
+def log_model(
+    model: Pipeline, *, name: str, input_example: pd.DataFrame, registered_model_name: str | None = None
+) -> Any:
     """Log to the active MLflow run with skops, the trusted-type list, a signature and an input example."""
     import mlflow
     from mlflow.models import infer_signature

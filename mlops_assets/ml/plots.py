@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: assets run in worker processes with no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 
 def drift_over_time(history: pd.DataFrame, path: Path, *, threshold: float, top: int = 5) -> Path:
@@ -39,8 +39,15 @@ def drift_over_time(history: pd.DataFrame, path: Path, *, threshold: float, top:
     return path
 
 
-def metric_over_time(history: pd.DataFrame, path: Path, *, metric: str, reference: float | None,
-                     tolerance: float, versions: Sequence[str] = ()) -> Path:
+def metric_over_time(
+    history: pd.DataFrame,
+    path: Path,
+    *,
+    metric: str,
+    reference: float | None,
+    tolerance: float,
+    versions: Sequence[str] = (),
+) -> Path:
     """The champion's metric per labelled day and over the rolling window, against its validation score.
 
     `history` has: day, day_value, window_value, ci_low, ci_high, model_version."""

@@ -88,12 +88,10 @@ def _budget(state: PolicyState, policy: RetrainPolicy) -> str | None:
     week_start = today - dt.timedelta(days=6)
     in_week = sum(week_start <= d for d in past)
     if in_week >= policy.max_per_week:
-        return (f"weekly ceiling reached, {in_week} retrains from {week_start} to {today} "
-                f"(max {policy.max_per_week})")
+        return f"weekly ceiling reached, {in_week} retrains from {week_start} to {today} (max {policy.max_per_week})"
     last = state.last_retrain_day if state.last_retrain_day is not None else max(past, default=None)
     if last is not None and (today - last).days < policy.cooldown_days:
-        return (f"cool-down, last retrain {last} ({_days_ago(today, last)}, "
-                f"needs {policy.cooldown_days})")
+        return f"cool-down, last retrain {last} ({_days_ago(today, last)}, needs {policy.cooldown_days})"
     return None
 
 
@@ -114,19 +112,24 @@ def decide(signals: Sequence[Signal], state: PolicyState, policy: RetrainPolicy)
     if state.champion_is_baseline:
         need = policy.bootstrap_min_rows
         if state.total_labelled_rows < need:
-            return _skip(f"baseline serving, {state.total_labelled_rows} labelled rows of the {need} "
-                         f"needed for a first model")
+            return _skip(
+                f"baseline serving, {state.total_labelled_rows} labelled rows of the {need} needed for a first model"
+            )
         held = _budget(state, policy)
         if held is not None:
             return _skip(f"{held}; bootstrap would fire")
-        if state.last_retrain_day is not None and \
-                state.labelled_rows_since_last_retrain < policy.min_new_labelled_rows:
-            return _skip(f"baseline still serving after the retrain of {state.last_retrain_day}, only "
-                         f"{state.labelled_rows_since_last_retrain} new labelled rows since "
-                         f"(needs {policy.min_new_labelled_rows})")
-        return Decision(True, "bootstrap",
-                        f"bootstrap: baseline serving and {state.total_labelled_rows} labelled rows "
-                        f"(>= {need}) are enough for a first model")
+        if state.last_retrain_day is not None and state.labelled_rows_since_last_retrain < policy.min_new_labelled_rows:
+            return _skip(
+                f"baseline still serving after the retrain of {state.last_retrain_day}, only "
+                f"{state.labelled_rows_since_last_retrain} new labelled rows since "
+                f"(needs {policy.min_new_labelled_rows})"
+            )
+        return Decision(
+            True,
+            "bootstrap",
+            f"bootstrap: baseline serving and {state.total_labelled_rows} labelled rows "
+            f"(>= {need}) are enough for a first model",
+        )
 
     today = state.today
     fresh_from = today - dt.timedelta(days=policy.max_report_age_days)
@@ -136,8 +139,10 @@ def decide(signals: Sequence[Signal], state: PolicyState, policy: RetrainPolicy)
     fresh = [s for s in (drift, decay) if s is not None and s.day >= fresh_from]
     if not fresh:
         newest = max((s for s in (drift, decay) if s is not None), key=lambda s: s.day)
-        return _skip(f"reports are stale, newest {newest.kind} report is for {newest.day} "
-                     f"({_days_ago(today, newest.day)}, max age {policy.max_report_age_days})")
+        return _skip(
+            f"reports are stale, newest {newest.kind} report is for {newest.day} "
+            f"({_days_ago(today, newest.day)}, max age {policy.max_report_age_days})"
+        )
 
     if drift is not None and drift.day < fresh_from:
         drift = None  # stale: only the fresh report of the other kind counts
@@ -154,16 +159,19 @@ def decide(signals: Sequence[Signal], state: PolicyState, policy: RetrainPolicy)
         off = "" if policy.decay else ", decay trigger disabled"
         parts.append(f"decay {state_word}, window value {decay.value:.4f} ({decay.day}{off})")
     seen = "; ".join(parts)
-    trigger = "drift+decay" if drift_fires and decay_fires else "drift" if drift_fires else \
-        "decay" if decay_fires else "none"
+    trigger = (
+        "drift+decay" if drift_fires and decay_fires else "drift" if drift_fires else "decay" if decay_fires else "none"
+    )
     would = f"; {trigger} would fire ({seen})" if trigger != "none" else ""
 
     held = _budget(state, policy)
     if held is not None:
         return _skip(f"{held}{would}" if would else f"{held}; {seen}")
     if trigger != "none" and state.labelled_rows_since_last_retrain < policy.min_new_labelled_rows:
-        return _skip(f"only {state.labelled_rows_since_last_retrain} new labelled rows since the last "
-                     f"retrain (needs {policy.min_new_labelled_rows}){would}")
+        return _skip(
+            f"only {state.labelled_rows_since_last_retrain} new labelled rows since the last "
+            f"retrain (needs {policy.min_new_labelled_rows}){would}"
+        )
     if trigger == "none":
         return _skip(f"no drift and no decay ({seen})")
     return Decision(True, trigger, f"{trigger}: {seen}")

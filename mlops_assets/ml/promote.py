@@ -15,6 +15,7 @@ class GatePolicy:
     confidence: float = 0.95  # level of the paired-bootstrap interval whose lower bound must exceed 0
     max_slice_regression: float = 0.02  # no slice may be worse than the champion by more than this
     require_approval: bool = False
+    min_slice_rows: int = 1000  # smaller slices are reported but cannot veto (their metric is mostly noise)
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,16 @@ class PromotionDecision:
         return asdict(self)
 
 
-def decide_promotion(comparison: Comparison | None, policy: GatePolicy, *,
-                     champion_is_baseline: bool) -> PromotionDecision:
+def decide_promotion(
+    comparison: Comparison | None, policy: GatePolicy, *, champion_is_baseline: bool
+) -> PromotionDecision:
     if comparison is None:
         return PromotionDecision(False, "rejected", "no comparison: the challenger was not evaluated")
     c = comparison
-    nums = (f"{c.metric} {c.challenger:.4f} vs {c.champion:.4f}, delta {c.delta:+.4f}, "
-            f"{policy.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}")
+    nums = (
+        f"{c.metric} {c.challenger:.4f} vs {c.champion:.4f}, delta {c.delta:+.4f}, "
+        f"{policy.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}"
+    )
     if champion_is_baseline:
         if c.ci_low > 0:
             return _approval(policy, "first_model", f"first trained model beats the baseline: {nums}")
@@ -42,11 +46,17 @@ def decide_promotion(comparison: Comparison | None, policy: GatePolicy, *,
         return PromotionDecision(False, "rejected", f"improvement below the margin {policy.min_delta:g}: {nums}")
     if not c.ci_low > 0:
         return PromotionDecision(False, "rejected", f"improvement not significant (CI includes 0): {nums}")
-    worst = c.slices.sort_values("delta").iloc[0] if len(c.slices) else None
+    judged = c.slices[c.slices["n"] >= policy.min_slice_rows] if len(c.slices) else c.slices
+    worst = judged.sort_values("delta").iloc[0] if len(judged) else None
     if worst is not None and worst["delta"] < -policy.max_slice_regression:
-        return PromotionDecision(False, "rejected", (
-            f"slice {worst['slice_column']}={worst['slice_value']} regresses by {-worst['delta']:.4f} "
-            f"(limit {policy.max_slice_regression:g}, n={int(worst['n'])}) although overall {nums}"))
+        return PromotionDecision(
+            False,
+            "rejected",
+            (
+                f"slice {worst['slice_column']}={worst['slice_value']} regresses by {-worst['delta']:.4f} "
+                f"(limit {policy.max_slice_regression:g}, n={int(worst['n'])}) although overall {nums}"
+            ),
+        )
     return _approval(policy, "promoted", f"better with confidence: {nums}")
 
 

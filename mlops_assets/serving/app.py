@@ -110,20 +110,31 @@ def rows_to_frame(spec: DatasetSpec, rows: list[dict[str, Any]]) -> pd.DataFrame
     out: dict[str, list[Any]] = {n: [] for n in names}
     for i, row in enumerate(rows):
         for key in sorted(set(row) - expected):
-            errors.append(_error("unknown_feature", ["rows", i, key],
-                                 f"row {i}: unknown feature {key!r}; the model expects {names}", row[key]))
+            errors.append(
+                _error(
+                    "unknown_feature",
+                    ["rows", i, key],
+                    f"row {i}: unknown feature {key!r}; the model expects {names}",
+                    row[key],
+                )
+            )
         for key in names:
             if key not in row:
-                errors.append(_error("missing_feature", ["rows", i, key],
-                                     f"row {i}: missing feature {key!r}"))
+                errors.append(_error("missing_feature", ["rows", i, key], f"row {i}: missing feature {key!r}"))
                 continue
             value = row[key]
             if value is None:
                 out[key].append(np.nan if key in numeric else None)
             elif key in numeric:
                 if isinstance(value, bool) or not isinstance(value, int | float) or math.isinf(value):
-                    errors.append(_error("numeric_feature", ["rows", i, key],
-                                         f"row {i}: feature {key!r} is numeric; got {value!r}", value))
+                    errors.append(
+                        _error(
+                            "numeric_feature",
+                            ["rows", i, key],
+                            f"row {i}: feature {key!r} is numeric; got {value!r}",
+                            value,
+                        )
+                    )
                 else:
                     out[key].append(float(value))
             elif isinstance(value, str):
@@ -131,10 +142,14 @@ def rows_to_frame(spec: DatasetSpec, rows: list[dict[str, Any]]) -> pd.DataFrame
             elif isinstance(value, int) and not isinstance(value, bool):
                 out[key].append(str(value))
             else:
-                errors.append(_error(
-                    "categorical_feature", ["rows", i, key],
-                    f"row {i}: feature {key!r} is categorical (a string); got {value!r}", value,
-                ))
+                errors.append(
+                    _error(
+                        "categorical_feature",
+                        ["rows", i, key],
+                        f"row {i}: feature {key!r} is categorical (a string); got {value!r}",
+                        value,
+                    )
+                )
         if len(errors) >= MAX_REPORTED_ERRORS:
             break
     if errors:
@@ -193,9 +208,7 @@ def online_row(store: FeatureStore, entity_id: str, lock_wait: float) -> pd.Data
         try:
             return store.online_features([entity_id])
         except duckdb.CatalogException as exc:
-            raise FeatureStoreUnavailable(
-                f"the feature store at {store.path} has no features yet ({exc})"
-            ) from exc
+            raise FeatureStoreUnavailable(f"the feature store at {store.path} has no features yet ({exc})") from exc
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             remaining = deadline - time.monotonic()
             if not _is_lock_error(exc):
@@ -273,11 +286,19 @@ def create_app(
         only answer 503."""
         served = watcher.current
         if served is None:
-            body = HealthResponse(status="no model loaded", model_name=spec.model_name, model_version=None,
-                                  last_refresh_error=watcher.status.error)
+            body = HealthResponse(
+                status="no model loaded",
+                model_name=spec.model_name,
+                model_version=None,
+                last_refresh_error=watcher.status.error,
+            )
             return JSONResponse(status_code=503, content=body.model_dump())
-        return HealthResponse(status="ok", model_name=served.name, model_version=served.version,
-                              last_refresh_error=watcher.status.error)
+        return HealthResponse(
+            status="ok",
+            model_name=served.name,
+            model_version=served.version,
+            last_refresh_error=watcher.status.error,
+        )
 
     @app.get("/model", response_model=ModelResponse)
     def model_info() -> ModelResponse:

@@ -209,8 +209,7 @@ class ChampionWatcher:
             prev = self._status
             # error_at says since when the *same* problem persists, which is what an operator wants to know.
             error_at = (prev.error_at if error == prev.error else at) if error else None
-            self._status = RefreshStatus(checked_at=at, alias_version=alias_version, error=error,
-                                         error_at=error_at)
+            self._status = RefreshStatus(checked_at=at, alias_version=alias_version, error=error, error_at=error_at)
 
     @staticmethod
     def _describe(served: ServedModel | None) -> str:
@@ -225,8 +224,7 @@ class ChampionWatcher:
         self._stop.clear()
         if initial_refresh:
             self.refresh()
-        self._thread = threading.Thread(target=self._run, name=f"champion-watcher[{self.model_name}]",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"champion-watcher[{self.model_name}]", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

@@ -83,8 +83,12 @@ class FeatureStore:
         select = [f"CAST({_q(src)} AS VARCHAR) AS {_q('k_' + left)}" for left, src in lookup.keys.items()]
         if lookup.asof:
             select.append(f"CAST({_q(lookup.asof.right)} AS TIMESTAMPTZ) AS _asof_time")
-        select += [f"CAST(({c.expr or _q(k)}) AS DOUBLE) AS {_q(k)}" if c.type == "numeric"
-                   else f"CAST(({c.expr or _q(k)}) AS VARCHAR) AS {_q(k)}" for k, c in lookup.columns.items()]
+        select += [
+            f"CAST(({c.expr or _q(k)}) AS DOUBLE) AS {_q(k)}"
+            if c.type == "numeric"
+            else f"CAST(({c.expr or _q(k)}) AS VARCHAR) AS {_q(k)}"
+            for k, c in lookup.columns.items()
+        ]
         with self.connect() as con:
             con.register("side", df)
             con.execute(f"CREATE OR REPLACE TABLE {_q('lookup_' + name)} AS SELECT {', '.join(select)} FROM side")
@@ -97,8 +101,11 @@ class FeatureStore:
         base_exprs = [f"({c.expr or _q(k)}) AS {_q(k)}" for k, c in spec.features.columns.items()]
         sql = [
             "WITH ev AS (SELECT *, " + spec.event_time + " AS event_time FROM raw),",
-            "base AS (SELECT ev.*, " + self._entity_id_sql("ev") + " AS entity_id, "
-            + ", ".join(base_exprs) + " FROM ev)",
+            "base AS (SELECT ev.*, "
+            + self._entity_id_sql("ev")
+            + " AS entity_id, "
+            + ", ".join(base_exprs)
+            + " FROM ev)",
         ]
         prev = "base"
         for i, lk in enumerate(spec.features.lookups):
@@ -117,7 +124,10 @@ class FeatureStore:
         start = f"TIMESTAMP '{day.isoformat()} 00:00:00'"
         for i, (name, rate) in enumerate(spec.features.label_rates.items()):
             by = ", ".join(_q(b) for b in rate.by)
-            window = f"l.arrival_day <= DATE '{day.isoformat()}' AND l.event_time >= {start} - INTERVAL {rate.window_days} DAY"
+            window = (
+                f"l.arrival_day <= DATE '{day.isoformat()}' "
+                f"AND l.event_time >= {start} - INTERVAL {rate.window_days} DAY"
+            )
             sql.append(
                 f", r{i} AS (SELECT {by}, sum(target) AS s, count(*) AS n FROM labels l WHERE {window} GROUP BY {by})"
                 f", g{i} AS (SELECT avg(target) AS p FROM labels l WHERE {window})"
@@ -155,7 +165,8 @@ class FeatureStore:
     def features_between(self, first: dt.date, last: dt.date) -> pd.DataFrame:
         with self.connect(read_only=True) as con:
             return con.execute(
-                "SELECT * FROM features WHERE event_day BETWEEN ? AND ? ORDER BY event_time, entity_id", [first, last]
+                "SELECT * FROM features WHERE event_day BETWEEN ? AND ? ORDER BY event_time, entity_id",
+                [first, last],
             ).df()
 
     def online_features(self, entity_ids: list[str]) -> pd.DataFrame:

@@ -83,9 +83,7 @@ class S3Backend:
     def list(self, prefix: str) -> list[str]:
         out: list[str] = []
         strip = len(self._key(""))
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._key(prefix)
-        ):
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             out += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(out)
 

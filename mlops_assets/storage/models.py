@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-
 # Written by MLflow itself when a model is fetched through models:/NAME/VERSION (it names the registry
 # entry), so it differs by how the model was fetched, not by what the model is.
 FETCH_METADATA_FILES = frozenset({"registered_model_meta"})

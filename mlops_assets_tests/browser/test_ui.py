@@ -37,8 +37,20 @@ def webserver(flights_settings: Settings, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "webserver.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-m", "mlops_assets.definitions"],
-        env={**os.environ}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "dagster_webserver",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "mlops_assets.definitions",
+        ],
+        env={**os.environ},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -66,8 +78,15 @@ def test_ui_shows_the_graph_the_reports_and_the_sensor(webserver: str, tmp_path:
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
         )
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(f"{webserver}/asset-groups", wait_until="domcontentloaded")

@@ -16,20 +16,25 @@ pytestmark = pytest.mark.e2e
 
 
 def test_replay_trains_registers_and_promotes_on_real_data(flights_settings: Settings) -> None:
-    result = replay(flights_settings.spec_path, flights_settings, start=dt.date(2013, 1, 1),
-                    end=dt.date(2013, 1, 26))
+    result = replay(flights_settings.spec_path, flights_settings, start=dt.date(2013, 1, 1), end=dt.date(2013, 1, 26))
     assert len(result.days) == 26 and all(d.ok for d in result.days)
     # the bootstrap retrain fired once enough labels existed, and produced a registered, promoted model
     assert result.retrains, [d.decision for d in result.days]
     first = result.retrains[0]
     assert first["trigger"] == "bootstrap" and first["success"]
     assert first["decision"] == "first_model" and first["moved"]
-    registry = ModelRegistryResource(tracking_uri=flights_settings.mlflow_tracking_uri,
-                                     artifact_root=flights_settings.mlflow_artifact_root)
+    registry = ModelRegistryResource(
+        tracking_uri=flights_settings.mlflow_tracking_uri, artifact_root=flights_settings.mlflow_artifact_root
+    )
     champ = registry.champion_info("flights_model")
     assert champ is not None and not champ.is_baseline
     assert champ.holdout_metric is not None and 0.6 < champ.holdout_metric < 0.85
-    for tag in ("mlops.training_dataset_sha256", "mlops.spec_hash", "mlops.code_version", "mlops.dagster_run_id"):
+    for tag in (
+        "mlops.training_dataset_sha256",
+        "mlops.spec_hash",
+        "mlops.code_version",
+        "mlops.dagster_run_id",
+    ):
         assert champ.tags.get(tag), tag
     # days after the promotion were served by the trained model
     served_after = [d.champion_version for d in result.days if d.day > first["day"]]

@@ -16,8 +16,9 @@ from mlops_assets.ml.decay import DecayResult, detect_decay, higher_is_better, s
 DAY0 = pd.Timestamp("2013-03-01")
 
 
-def _classification_days(n_days: int, rows_per_day: int, separation: float, seed: int,
-                         first_day: pd.Timestamp = DAY0) -> pd.DataFrame:
+def _classification_days(
+    n_days: int, rows_per_day: int, separation: float, seed: int, first_day: pd.Timestamp = DAY0
+) -> pd.DataFrame:
     """Scores whose AUC is set by `separation` (positives' mean score above negatives')."""
     rng = np.random.default_rng(seed)
     n = n_days * rows_per_day
@@ -31,8 +32,11 @@ def _classification_days(n_days: int, rows_per_day: int, separation: float, seed
 def test_classification_metrics_match_scikit_learn(metric: str) -> None:
     df = _classification_days(1, 3000, 1.2, seed=0)
     y, s = df["y_true"].to_numpy(), np.round(df["y_score"].to_numpy(), 2)  # ties for AUC
-    expected = {"roc_auc": skm.roc_auc_score(y, s), "log_loss": skm.log_loss(y, s),
-                "accuracy": skm.accuracy_score(y, s >= 0.5)}[metric]
+    expected = {
+        "roc_auc": skm.roc_auc_score(y, s),
+        "log_loss": skm.log_loss(y, s),
+        "accuracy": skm.accuracy_score(y, s >= 0.5),
+    }[metric]
     assert score(metric, y, s) == pytest.approx(expected, rel=1e-12)
 
 
@@ -41,8 +45,11 @@ def test_regression_metrics_match_scikit_learn(metric: str) -> None:
     rng = np.random.default_rng(1)
     y = rng.normal(10, 3, 2000)
     pred = y + rng.normal(0, 1, 2000)
-    expected = {"rmse": np.sqrt(skm.mean_squared_error(y, pred)), "mae": skm.mean_absolute_error(y, pred),
-                "r2": skm.r2_score(y, pred)}[metric]
+    expected = {
+        "rmse": np.sqrt(skm.mean_squared_error(y, pred)),
+        "mae": skm.mean_absolute_error(y, pred),
+        "r2": skm.r2_score(y, pred),
+    }[metric]
     assert score(metric, y, pred) == pytest.approx(expected, rel=1e-12)
 
 
@@ -99,8 +106,13 @@ def test_one_thin_bad_day_in_a_good_week_does_not_fire() -> None:
 def test_window_is_the_last_labelled_days() -> None:
     old_bad = _classification_days(10, 500, 0.0, seed=7)
     recent_good = _classification_days(7, 500, 1.2, seed=8, first_day=DAY0 + pd.Timedelta(days=20))
-    res = detect_decay(pd.concat([old_bad, recent_good]), metric="roc_auc", reference_value=0.80,
-                       tolerance=0.02, window_days=7)
+    res = detect_decay(
+        pd.concat([old_bad, recent_good]),
+        metric="roc_auc",
+        reference_value=0.80,
+        tolerance=0.02,
+        window_days=7,
+    )
     assert (res.n_days, res.n_rows) == (7, 3500)
     assert not res.decay_detected
 
@@ -108,8 +120,13 @@ def test_window_is_the_last_labelled_days() -> None:
 def test_lower_is_better_metrics_fire_upwards() -> None:
     rng = np.random.default_rng(9)
     y = rng.normal(0, 1, 4000)
-    df = pd.DataFrame({"day": DAY0 + pd.to_timedelta(np.arange(4000) % 7, unit="D"), "y_true": y,
-                       "y_score": y + rng.normal(0, 1.5, 4000)})
+    df = pd.DataFrame(
+        {
+            "day": DAY0 + pd.to_timedelta(np.arange(4000) % 7, unit="D"),
+            "y_true": y,
+            "y_score": y + rng.normal(0, 1.5, 4000),
+        }
+    )
     res = detect_decay(df, metric="rmse", reference_value=1.0, tolerance=0.1)
     assert res.decay_detected and res.ci_low > 1.1
     assert "entirely above" in res.reason
@@ -118,6 +135,7 @@ def test_lower_is_better_metrics_fire_upwards() -> None:
 
 def test_seeded_and_fast() -> None:
     df = _classification_days(7, 1000, 1.0, seed=10)
+
     def run(seed: int = 0) -> DecayResult:
         return detect_decay(df, metric="roc_auc", reference_value=0.75, tolerance=0.02, seed=seed)
 
@@ -133,8 +151,7 @@ def test_seeded_and_fast() -> None:
 
 def test_missing_columns_and_nulls() -> None:
     with pytest.raises(ValueError, match="missing columns"):
-        detect_decay(pd.DataFrame({"day": [], "y_true": []}), metric="roc_auc", reference_value=0.8,
-                     tolerance=0.0)
+        detect_decay(pd.DataFrame({"day": [], "y_true": []}), metric="roc_auc", reference_value=0.8, tolerance=0.0)
     df = _classification_days(7, 100, 1.2, seed=11)
     df.loc[::2, "y_true"] = np.nan  # labels not arrived yet
     res = detect_decay(df, metric="roc_auc", reference_value=0.8, tolerance=0.02, min_rows=100)

@@ -26,11 +26,13 @@ from mlops_assets.ml.drift import (
 
 def _frame(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "x": rng.normal(shift, 1.0, n),
-        "k": rng.integers(0, 3, n),
-        "c": rng.choice(["a", "b", "c"], n),
-    })
+    return pd.DataFrame(
+        {
+            "x": rng.normal(shift, 1.0, n),
+            "k": rng.integers(0, 3, n),
+            "c": rng.choice(["a", "b", "c"], n),
+        }
+    )
 
 
 def _by_column(result: DriftResult) -> dict[str, ColumnDrift]:
@@ -38,6 +40,7 @@ def _by_column(result: DriftResult) -> dict[str, ColumnDrift]:
 
 
 # --- the statistics themselves ----------------------------------------------------------------------------
+
 
 def test_wasserstein_is_exact_for_an_exact_reference() -> None:
     rng = np.random.default_rng(0)
@@ -85,6 +88,7 @@ def test_jensenshannon_matches_scipy_on_category_shares() -> None:
 
 # --- Evidently's test choice --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("n_ref", "values", "kind", "expected"),
     [
@@ -125,6 +129,7 @@ def test_n_values_counts_both_sides() -> None:
 
 # --- edge cases --------------------------------------------------------------------------------------------
 
+
 def test_nan_and_inf_are_dropped_like_evidently() -> None:
     ref, cur = _frame(1500, 4), _frame(800, 5, shift=0.2)  # 1500 distinct values: an exact profile
     dirty = cur.copy()
@@ -138,8 +143,7 @@ def test_nan_and_inf_are_dropped_like_evidently() -> None:
     shares = dirty["c"].dropna().value_counts(normalize=True)
     ref_shares = ref["c"].value_counts(normalize=True)
     keys = sorted(set(shares.index) | set(ref_shares.index))
-    expected_js = distance.jensenshannon(ref_shares.reindex(keys, fill_value=0),
-                                         shares.reindex(keys, fill_value=0))
+    expected_js = distance.jensenshannon(ref_shares.reindex(keys, fill_value=0), shares.reindex(keys, fill_value=0))
     assert got["c"].statistic == pytest.approx(expected_js)
 
 
@@ -178,11 +182,17 @@ def test_impossible_inputs_raise_naming_the_column() -> None:
 def test_dtypes_choose_the_kind_when_categorical_is_not_given() -> None:
     ref = _frame(2000, 7).assign(flag=lambda d: d["k"] > 0, cat=lambda d: d["c"].astype("category"))
     kinds = {c.column: c.kind for c in compute_drift(ref, ref.iloc[:300]).columns}
-    assert kinds == {"x": "numeric", "k": "numeric", "c": "categorical", "flag": "categorical",
-                     "cat": "categorical"}
+    assert kinds == {
+        "x": "numeric",
+        "k": "numeric",
+        "c": "categorical",
+        "flag": "categorical",
+        "cat": "categorical",
+    }
 
 
 # --- profile and result plumbing ----------------------------------------------------------------------------
+
 
 def test_profile_round_trips_through_json_and_stays_small() -> None:
     big, small = _frame(200_000, 8), _frame(20_000, 9)

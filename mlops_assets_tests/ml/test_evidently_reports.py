@@ -21,17 +21,19 @@ CATEGORICAL = ["c3", "c2", "many"]
 
 def _frame(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "norm": rng.normal(shift, 1, n),
-        "skewed": rng.lognormal(0, 1, n) * (1 + shift),
-        "int5": rng.integers(0, 5, n).astype(float),
-        "binary": rng.integers(0, 2, n),
-        "const": np.ones(n),
-        "wide_int": rng.integers(0, 1500, n) + int(shift * 300),
-        "c3": rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2] if not shift else [0.3, 0.3, 0.4]),
-        "c2": rng.choice(["x", "y"], n),
-        "many": rng.choice([f"k{i}" for i in range(40)], n),
-    })
+    df = pd.DataFrame(
+        {
+            "norm": rng.normal(shift, 1, n),
+            "skewed": rng.lognormal(0, 1, n) * (1 + shift),
+            "int5": rng.integers(0, 5, n).astype(float),
+            "binary": rng.integers(0, 2, n),
+            "const": np.ones(n),
+            "wide_int": rng.integers(0, 1500, n) + int(shift * 300),
+            "c3": rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2] if not shift else [0.3, 0.3, 0.4]),
+            "c2": rng.choice(["x", "y"], n),
+            "many": rng.choice([f"k{i}" for i in range(40)], n),
+        }
+    )
     df.loc[rng.random(n) < 0.05, "norm"] = np.nan
     df.loc[rng.random(n) < 0.03, "c3"] = None
     if shift:
@@ -44,15 +46,22 @@ def _evidently(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]
     from evidently.presets import DataDriftPreset
 
     dd = DataDefinition(numerical_columns=NUMERIC, categorical_columns=CATEGORICAL)
-    snap = Report([DataDriftPreset()]).run(Dataset.from_pandas(current, data_definition=dd),
-                                           Dataset.from_pandas(reference, data_definition=dd))
+    snap = Report([DataDriftPreset()]).run(
+        Dataset.from_pandas(current, data_definition=dd), Dataset.from_pandas(reference, data_definition=dd)
+    )
     return summarize_snapshot(snap.dict())
 
 
 @pytest.mark.parametrize(
     ("n_ref", "n_cur", "shift"),
-    [(400, 300, 0.0), (400, 20_000, 0.3), (1000, 800, 0.05), (1500, 900, 0.3), (20_000, 3000, 0.05),
-     (20_000, 12_000, 0.3)],
+    [
+        (400, 300, 0.0),
+        (400, 20_000, 0.3),
+        (1000, 800, 0.05),
+        (1500, 900, 0.3),
+        (20_000, 3000, 0.05),
+        (20_000, 12_000, 0.3),
+    ],
 )
 def test_same_tests_statistics_and_decisions_as_evidently(n_ref: int, n_cur: int, shift: float) -> None:
     reference, current = _frame(n_ref, seed=n_ref), _frame(n_cur, seed=n_cur + 1, shift=shift)
@@ -74,8 +83,9 @@ def test_same_tests_statistics_and_decisions_as_evidently(n_ref: int, n_cur: int
 def test_html_report_is_written_with_a_summary_that_agrees(tmp_path: Path) -> None:
     reference, current = _frame(30_000, seed=1), _frame(2000, seed=2, shift=0.3)
     path = tmp_path / "reports" / "drift.html"
-    summary = data_drift_html(reference, current, numeric=NUMERIC, categorical=CATEGORICAL, path=path,
-                              max_reference_rows=5000)
+    summary = data_drift_html(
+        reference, current, numeric=NUMERIC, categorical=CATEGORICAL, path=path, max_reference_rows=5000
+    )
     html = path.read_text()
     assert len(html) > 100_000 and "<html" in html.lower()
     assert summary["n_reference"] == 5000 and summary["n_current"] == 2000
@@ -84,8 +94,9 @@ def test_html_report_is_written_with_a_summary_that_agrees(tmp_path: Path) -> No
     assert summary["drift_share"] == pytest.approx(summary["drifted_count"] / 9)
     # the full reference and Evidently's 5000-row sample reach the same decisions on clear drift
     ours = ReferenceProfile.from_frame(reference, numeric=NUMERIC, categorical=CATEGORICAL).compare(current)
-    assert {c.column for c in ours.columns if c.drifted} == \
-        {name for name, c in summary["columns"].items() if c["drifted"]}
+    assert {c.column for c in ours.columns if c.drifted} == {
+        name for name, c in summary["columns"].items() if c["drifted"]
+    }
 
 
 def test_html_report_rejects_missing_columns(tmp_path: Path) -> None:
@@ -101,8 +112,13 @@ def test_benchmark_quick_runs_and_agrees() -> None:
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "drift.py"), "--quick"], check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "drift.py"), "--quick"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     agreement = re.search(r"per-column decisions the same: (\d+)/(\d+)", out)
     assert agreement is not None, out
     same, total = map(int, agreement.groups())

@@ -16,12 +16,25 @@ D0 = dt.date(2013, 3, 1)
 POLICY = RetrainPolicy()
 
 
-def _state(today: dt.date = D0, *, last: dt.date | None = None, days: tuple[dt.date, ...] = (),
-           since: int = 10_000, total: int = 50_000, baseline: bool = False,
-           in_flight: bool = False) -> PolicyState:
-    return PolicyState(today=today, last_retrain_day=last, retrain_days=days or ((last,) if last else ()),
-                       labelled_rows_since_last_retrain=since, total_labelled_rows=total,
-                       champion_is_baseline=baseline, run_in_flight=in_flight)
+def _state(
+    today: dt.date = D0,
+    *,
+    last: dt.date | None = None,
+    days: tuple[dt.date, ...] = (),
+    since: int = 10_000,
+    total: int = 50_000,
+    baseline: bool = False,
+    in_flight: bool = False,
+) -> PolicyState:
+    return PolicyState(
+        today=today,
+        last_retrain_day=last,
+        retrain_days=days or ((last,) if last else ()),
+        labelled_rows_since_last_retrain=since,
+        total_labelled_rows=total,
+        champion_is_baseline=baseline,
+        run_in_flight=in_flight,
+    )
 
 
 def _drift(day: dt.date = D0, share: float = 0.6) -> Signal:
@@ -35,9 +48,15 @@ def _decay(day: dt.date = D0, detected: bool = True, value: float = 0.70) -> Sig
 SignalsForDay = Callable[[dt.date, int], list[Signal]]
 
 
-def _simulate(days: int, signals_for_day: SignalsForDay, *, policy: RetrainPolicy = POLICY,
-              rows_per_day: int = 1500, baseline: bool = False,
-              trained_after_retrain: bool = True) -> list[tuple[dt.date, Decision]]:
+def _simulate(
+    days: int,
+    signals_for_day: SignalsForDay,
+    *,
+    policy: RetrainPolicy = POLICY,
+    rows_per_day: int = 1500,
+    baseline: bool = False,
+    trained_after_retrain: bool = True,
+) -> list[tuple[dt.date, Decision]]:
     """Day by day, feeding every decision back into the state the way the sensor reads it back."""
     retrains: list[dt.date] = []
     total, at_last = 0, 0
@@ -45,9 +64,15 @@ def _simulate(days: int, signals_for_day: SignalsForDay, *, policy: RetrainPolic
     for i in range(days):
         today = D0 + dt.timedelta(days=i)
         total += rows_per_day
-        state = PolicyState(today=today, last_retrain_day=retrains[-1] if retrains else None,
-                            retrain_days=tuple(retrains), labelled_rows_since_last_retrain=total - at_last,
-                            total_labelled_rows=total, champion_is_baseline=baseline, run_in_flight=False)
+        state = PolicyState(
+            today=today,
+            last_retrain_day=retrains[-1] if retrains else None,
+            retrain_days=tuple(retrains),
+            labelled_rows_since_last_retrain=total - at_last,
+            total_labelled_rows=total,
+            champion_is_baseline=baseline,
+            run_in_flight=False,
+        )
         decision = decide(signals_for_day(today, i), state, policy)
         out.append((today, decision))
         if decision.retrain:
@@ -84,16 +109,14 @@ def test_noisy_but_stable_stream_never_retrains() -> None:
     rng = np.random.default_rng(0)
     noise = rng.uniform(0.0, 0.29, 60)  # drift share wanders below the 0.3 threshold
     metric = 0.80 + rng.normal(0, 0.01, 60)
-    history = _simulate(60, lambda day, i: [_drift(day, float(noise[i])),
-                                            _decay(day, False, float(metric[i]))])
+    history = _simulate(60, lambda day, i: [_drift(day, float(noise[i])), _decay(day, False, float(metric[i]))])
     assert not any(dec.retrain for _, dec in history)
     assert all(dec.reason.startswith("skip: no drift and no decay") for _, dec in history)
 
 
 def test_bootstrap_fires_once_enough_labelled_rows_exist() -> None:
     policy = RetrainPolicy(bootstrap_min_rows=20_000)
-    history = _simulate(30, lambda day, i: [_drift(day, 0.1)], policy=policy, rows_per_day=3000,
-                        baseline=True)
+    history = _simulate(30, lambda day, i: [_drift(day, 0.1)], policy=policy, rows_per_day=3000, baseline=True)
     fired = [(d, dec) for d, dec in history if dec.retrain]
     assert len(fired) == 1
     day, dec = fired[0]
@@ -105,8 +128,9 @@ def test_bootstrap_fires_once_enough_labelled_rows_exist() -> None:
 
 def test_bootstrap_retries_only_after_cool_down_and_new_rows_if_the_baseline_stays() -> None:
     policy = RetrainPolicy(bootstrap_min_rows=20_000, cooldown_days=7, min_new_labelled_rows=5000)
-    history = _simulate(20, lambda day, i: [], policy=policy, rows_per_day=3000, baseline=True,
-                        trained_after_retrain=False)  # the gate kept the baseline
+    history = _simulate(
+        20, lambda day, i: [], policy=policy, rows_per_day=3000, baseline=True, trained_after_retrain=False
+    )  # the gate kept the baseline
     fired = [(d - D0).days for d, dec in history if dec.retrain]
     assert fired == [6, 13]
 
@@ -116,25 +140,49 @@ def test_bootstrap_retries_only_after_cool_down_and_new_rows_if_the_baseline_sta
     [
         ([_drift()], _state(in_flight=True), POLICY, "skip: a retrain run is already in flight"),
         ([], _state(), POLICY, "skip: no drift or performance report to act on"),
-        ([_drift(D0 - dt.timedelta(days=3))], _state(), POLICY,
-         "skip: reports are stale, newest drift report is for 2013-02-26 (3 days ago, max age 2)"),
-        ([_drift()], _state(days=(D0,), last=D0), RetrainPolicy(cooldown_days=0),
-         "skip: daily ceiling reached, 1 retrain(s) on 2013-03-01 (max 1)"),
-        ([_drift()], _state(days=(D0 - dt.timedelta(days=5), D0 - dt.timedelta(days=2)),
-                            last=D0 - dt.timedelta(days=2)), RetrainPolicy(cooldown_days=0),
-         "skip: weekly ceiling reached, 2 retrains from 2013-02-23 to 2013-03-01 (max 2)"),
-        ([_drift()], _state(last=D0 - dt.timedelta(days=3)), POLICY,
-         "skip: cool-down, last retrain 2013-02-26 (3 days ago, needs 7)"),
-        ([_drift()], _state(since=1200), POLICY,
-         "skip: only 1200 new labelled rows since the last retrain (needs 5000)"),
+        (
+            [_drift(D0 - dt.timedelta(days=3))],
+            _state(),
+            POLICY,
+            "skip: reports are stale, newest drift report is for 2013-02-26 (3 days ago, max age 2)",
+        ),
+        (
+            [_drift()],
+            _state(days=(D0,), last=D0),
+            RetrainPolicy(cooldown_days=0),
+            "skip: daily ceiling reached, 1 retrain(s) on 2013-03-01 (max 1)",
+        ),
+        (
+            [_drift()],
+            _state(days=(D0 - dt.timedelta(days=5), D0 - dt.timedelta(days=2)), last=D0 - dt.timedelta(days=2)),
+            RetrainPolicy(cooldown_days=0),
+            "skip: weekly ceiling reached, 2 retrains from 2013-02-23 to 2013-03-01 (max 2)",
+        ),
+        (
+            [_drift()],
+            _state(last=D0 - dt.timedelta(days=3)),
+            POLICY,
+            "skip: cool-down, last retrain 2013-02-26 (3 days ago, needs 7)",
+        ),
+        (
+            [_drift()],
+            _state(since=1200),
+            POLICY,
+            "skip: only 1200 new labelled rows since the last retrain (needs 5000)",
+        ),
         ([_drift(share=0.1), _decay(detected=False)], _state(), POLICY, "skip: no drift and no decay"),
         ([_decay(detected=True)], _state(), RetrainPolicy(decay=False), "decay trigger disabled"),
-        ([], _state(baseline=True, total=100), POLICY,
-         "skip: baseline serving, 100 labelled rows of the 20000 needed for a first model"),
+        (
+            [],
+            _state(baseline=True, total=100),
+            POLICY,
+            "skip: baseline serving, 100 labelled rows of the 20000 needed for a first model",
+        ),
     ],
 )
-def test_every_skip_has_its_reason(signals: list[Signal], state: PolicyState, policy: RetrainPolicy,
-                                   reason: str) -> None:
+def test_every_skip_has_its_reason(
+    signals: list[Signal], state: PolicyState, policy: RetrainPolicy, reason: str
+) -> None:
     decision = decide(signals, state, policy)
     assert not decision.retrain and decision.trigger == "none"
     assert reason in decision.reason
@@ -148,8 +196,12 @@ def test_skips_name_the_trigger_that_was_held_back() -> None:
 
 @pytest.mark.parametrize(
     ("signals", "trigger"),
-    [([_drift()], "drift"), ([_decay()], "decay"), ([_drift(), _decay()], "drift+decay"),
-     ([_drift(share=0.3)], "drift")],  # the threshold itself fires (>=)
+    [
+        ([_drift()], "drift"),
+        ([_decay()], "decay"),
+        ([_drift(), _decay()], "drift+decay"),
+        ([_drift(share=0.3)], "drift"),
+    ],  # the threshold itself fires (>=)
 )
 def test_triggers(signals: list[Signal], trigger: str) -> None:
     decision = decide(signals, _state(), POLICY)

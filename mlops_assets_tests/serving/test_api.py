@@ -64,24 +64,34 @@ def _training_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(0)
     n = 200
     x = rng.normal(size=n)
-    frame = pd.DataFrame({
-        "x": x,
-        "kind": rng.choice(["a", "b"], size=n),
-        "user_rate_7d": np.where(rng.random(n) < 0.2, np.nan, rng.random(n)),
-    })[spec.feature_names]
+    frame = pd.DataFrame(
+        {
+            "x": x,
+            "kind": rng.choice(["a", "b"], size=n),
+            "user_rate_7d": np.where(rng.random(n) < 0.2, np.nan, rng.random(n)),
+        }
+    )[spec.feature_names]
     y = (x + rng.normal(scale=0.5, size=n) > 0).astype(int)
     return frame, y
 
 
-def _register(world_registry: ModelRegistryResource, spec: DatasetSpec, experiment_id: str, model: Any,
-              X: pd.DataFrame, tags: dict[str, str]) -> tuple[str, str]:
+def _register(
+    world_registry: ModelRegistryResource,
+    spec: DatasetSpec,
+    experiment_id: str,
+    model: Any,
+    X: pd.DataFrame,
+    tags: dict[str, str],
+) -> tuple[str, str]:
     """Log, digest and register exactly as `baseline_model` / `registered_model_version` do."""
     with mlflow.start_run(experiment_id=experiment_id) as run:
         info = log_model(model, name="model", input_example=X.head(2))
     sha = artifact_digest(info.model_uri, world_registry.tracking_uri)
     world_registry.ensure_model(spec.model_name)
     mv = world_registry.client.create_model_version(
-        spec.model_name, source=info.model_uri, run_id=run.info.run_id,
+        spec.model_name,
+        source=info.model_uri,
+        run_id=run.info.run_id,
         tags={"mlops.model_sha256": sha, "mlops.metric": spec.metric, **tags},
     )
     return str(mv.version), str(info.model_id)
@@ -107,13 +117,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     payload = pd.DataFrame(PAYLOAD)[spec.feature_names].astype({"x": float, "user_rate_7d": float})
 
     def fit(family: str, params: dict[str, Any]) -> Any:
-        return build_model(family, params, task=spec.task, numeric=spec.numeric_features,
-                           categorical=spec.categorical_features, seed=0).fit(X, y)
+        return build_model(
+            family,
+            params,
+            task=spec.task,
+            numeric=spec.numeric_features,
+            categorical=spec.categorical_features,
+            seed=0,
+        ).fit(X, y)
 
     base, logistic = fit("baseline", {}), fit("logistic", {"C": 1.0})
     v_base, _ = _register(registry, spec, experiment_id, base, X, {"mlops.is_baseline": "true"})
-    v_log, log_id = _register(registry, spec, experiment_id, logistic, X,
-                         {"mlops.is_baseline": "false", "mlops.holdout_metric": "0.912345"})
+    v_log, log_id = _register(
+        registry,
+        spec,
+        experiment_id,
+        logistic,
+        X,
+        {"mlops.is_baseline": "false", "mlops.holdout_metric": "0.912345"},
+    )
     # The third version is a byte copy of the logistic model's artifact stored under another run (logging
     # it once more would cost MLflow's ~8 s requirements inference for nothing new), registered the same way,
     # then altered after its checksum was recorded (a bad copy, a tampered bucket). The edit keeps the model
@@ -122,15 +144,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_artifacts(str(logistic_dir), artifact_path="model")
     source = f"runs:/{run.info.run_id}/model"
-    mv = registry.client.create_model_version(spec.model_name, source=source, run_id=run.info.run_id, tags={
-        "mlops.model_sha256": artifact_digest(source, settings.mlflow_tracking_uri),
-        "mlops.metric": spec.metric, "mlops.is_baseline": "false",
-    })
+    mv = registry.client.create_model_version(
+        spec.model_name,
+        source=source,
+        run_id=run.info.run_id,
+        tags={
+            "mlops.model_sha256": artifact_digest(source, settings.mlflow_tracking_uri),
+            "mlops.metric": spec.metric,
+            "mlops.is_baseline": "false",
+        },
+    )
     mlmodel = _local(run.info.artifact_uri) / "model" / "MLmodel"
     mlmodel.write_text(mlmodel.read_text() + "# edited after registration\n")
     return World(
-        settings=settings, spec=spec, registry=registry,
-        baseline=v_base, logistic=v_log, tampered=str(mv.version),
+        settings=settings,
+        spec=spec,
+        registry=registry,
+        baseline=v_base,
+        logistic=v_log,
+        tampered=str(mv.version),
         expected={v_base: predict_scores(base, payload), v_log: predict_scores(logistic, payload)},
     )
 
@@ -291,8 +323,9 @@ def test_health_is_503_until_a_model_is_loaded(world: World) -> None:
         ([], "at least 1 item"),
     ],
 )
-def test_a_bad_payload_is_a_422_naming_the_problem(client: TestClient, rows: list[dict[str, Any]],
-                                                   expected: str) -> None:
+def test_a_bad_payload_is_a_422_naming_the_problem(
+    client: TestClient, rows: list[dict[str, Any]], expected: str
+) -> None:
     r = client.post("/predict", json={"rows": rows})
     assert r.status_code == 422
     assert any(expected in e["msg"] for e in r.json()["detail"]), r.json()
@@ -301,8 +334,15 @@ def test_a_bad_payload_is_a_422_naming_the_problem(client: TestClient, rows: lis
 def test_predict_by_entity_from_the_online_store(world: World, client: TestClient) -> None:
     store = FeatureStore(world.settings.duckdb_path, world.spec)
     day = dt.date(2024, 1, 1)
-    raw = pd.DataFrame({"user": ["u", "v"], "ts": [pd.Timestamp("2024-01-01 10:00")] * 2, "x": [2.0, -1.0],
-                        "kind": ["a", None], "y": [1, 0]})
+    raw = pd.DataFrame(
+        {
+            "user": ["u", "v"],
+            "ts": [pd.Timestamp("2024-01-01 10:00")] * 2,
+            "x": [2.0, -1.0],
+            "kind": ["a", None],
+            "y": [1, 0],
+        }
+    )
     store.write_features(day, raw)
 
     r = client.get("/predict/u")
@@ -318,10 +358,15 @@ def test_predict_by_entity_from_the_online_store(world: World, client: TestClien
 
     # Another process holds DuckDB's write lock: the API waits briefly, then answers 503 with the reason.
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
-         str(world.settings.duckdb_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
+            str(world.settings.duckdb_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

@@ -1,6 +1,5 @@
 """Feature rows for a day, computed point in time in the DuckDB feature store."""
 
-
 from typing import Any
 
 import dagster as dg
@@ -23,9 +22,13 @@ def build_features(spec: DatasetSpec) -> dg.Definitions:
         kinds={"duckdb"},
         deps=["lookup_tables", "labels"],
         check_specs=[
-            dg.AssetCheckSpec("features_complete", asset="features", blocking=True,
-                              description=f"Every raw row has a feature row and no feature is more than "
-                                          f"{MAX_NULL_SHARE:.0%} null; blocks monitoring, serving and training."),
+            dg.AssetCheckSpec(
+                "features_complete",
+                asset="features",
+                blocking=True,
+                description=f"Every raw row has a feature row and no feature is more than "
+                f"{MAX_NULL_SHARE:.0%} null; blocks monitoring, serving and training.",
+            ),
         ],
     )
     def features(
@@ -44,8 +47,7 @@ def build_features(spec: DatasetSpec) -> dg.Definitions:
         names = spec.feature_names
         null_share = {c: round(float(feats[c].isna().mean()), 4) for c in names} if len(feats) else {}
         # Target rates are null by design until labels have arrived; every other feature must be filled.
-        too_null = {c: v for c, v in null_share.items()
-                    if v > MAX_NULL_SHARE and c not in spec.features.label_rates}
+        too_null = {c: v for c, v in null_share.items() if v > MAX_NULL_SHARE and c not in spec.features.label_rates}
         missing_rows = len(raw) - len(feats)
         context.log.info(f"{day}: {len(feats)} feature rows from {len(raw)} raw rows")
         problems = []

@@ -1,7 +1,7 @@
 """Raw data in: the day's delivery validated and stored immutably, side tables, and labels that arrive late."""
 
-
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -56,13 +56,22 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         group_name=GROUP,
         kinds={"parquet"},
         check_specs=[
-            dg.AssetCheckSpec("delivery_valid", asset="raw_batches", blocking=True,
-                              description="The day has rows and the schema the spec names; blocks the day."),
-            dg.AssetCheckSpec("quarantine_share", asset="raw_batches",
-                              description=f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of rows are quarantined."),
+            dg.AssetCheckSpec(
+                "delivery_valid",
+                asset="raw_batches",
+                blocking=True,
+                description="The day has rows and the schema the spec names; blocks the day.",
+            ),
+            dg.AssetCheckSpec(
+                "quarantine_share",
+                asset="raw_batches",
+                description=f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of rows are quarantined.",
+            ),
         ],
     )
-    def raw_batches(context: dg.AssetExecutionContext, spec: SpecResource, lake: LakeResource):  # type: ignore[no-untyped-def]
+    def raw_batches(
+        context: dg.AssetExecutionContext, spec: SpecResource, lake: LakeResource
+    ) -> Iterator[dg.Output[dict[str, Any]] | dg.AssetCheckResult]:
         """One day of raw rows as delivered, validated against the spec's schema and written once to the lake.
 
         Accepted rows and quarantined rows (with the rule each broke) go to separate content-addressed
@@ -88,7 +97,8 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         for p in outcome.problems:
             context.log.error(p)
         context.log.info(
-            f"{day}: {len(rows)} rows delivered, {len(outcome.accepted)} accepted, {len(outcome.quarantined)} quarantined"
+            f"{day}: {len(rows)} rows delivered, {len(outcome.accepted)} accepted, "
+            f"{len(outcome.quarantined)} quarantined"
         )
         total = len(outcome.accepted) + len(outcome.quarantined)
         share = len(outcome.quarantined) / total if total else 0.0

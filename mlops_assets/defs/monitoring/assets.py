@@ -1,7 +1,6 @@
 """Monitoring: the day's data against the champion's training data, and the champion's quality once labels
 arrive. Both reports end in metadata (`drift_detected`, `decay_detected`) that the retrain sensor reads."""
 
-
 import datetime as dt
 from typing import Any
 
@@ -42,7 +41,10 @@ def reference_profile(
 ) -> tuple[ReferenceProfile | None, str]:
     """(profile, what it describes). The champion's training data when there is one; else the warm-up."""
     if champion is not None and champion.tags.get("mlops.reference_profile_key"):
-        key, sha = champion.tags["mlops.reference_profile_key"], champion.tags["mlops.reference_profile_sha256"]
+        key, sha = (
+            champion.tags["mlops.reference_profile_key"],
+            champion.tags["mlops.reference_profile_sha256"],
+        )
         return _profile_from_lake(key, sha, lake), f"training data of v{champion.version}"
     first = spec.replay.start
     last = first + dt.timedelta(days=WARMUP_DAYS - 1)
@@ -56,8 +58,10 @@ def reference_profile(
 def reference_rows(spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStore, lake: Lake) -> pd.DataFrame:
     """Rows for Evidently's HTML report (it needs rows, not a sketch): a sample of the same reference."""
     if champion is not None and champion.tags.get("mlops.training_dataset_key"):
-        frame = lake.read_frame(champion.tags["mlops.training_dataset_key"],
-                                expected_sha256=champion.tags.get("mlops.training_dataset_sha256"))
+        frame = lake.read_frame(
+            champion.tags["mlops.training_dataset_key"],
+            expected_sha256=champion.tags.get("mlops.training_dataset_sha256"),
+        )
     else:
         first = spec.replay.start
         frame = store.features_between(first, first + dt.timedelta(days=WARMUP_DAYS - 1))
@@ -76,8 +80,12 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
     partitions = daily_partitions(spec)
     reports = settings.reports_dir / spec.name
 
-    @dg.asset(partitions_def=partitions, group_name=GROUP, kinds={"evidently", "duckdb"},
-              deps=["features", "champion"])
+    @dg.asset(
+        partitions_def=partitions,
+        group_name=GROUP,
+        kinds={"evidently", "duckdb"},
+        deps=["features", "champion"],
+    )
     def drift_report(
         context: dg.AssetExecutionContext,
         spec: SpecResource,
@@ -110,32 +118,47 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         table = result.to_frame()
         store.save_history("drift_history", day, table.assign(drift_share=result.drift_share))
         context.log.info(
-            f"{day}: drift share {result.drift_share:.2f} over {len(table)} columns; drifted: {result.drifted_columns()}"
+            f"{day}: drift share {result.drift_share:.2f} over {len(table)} columns; "
+            f"drifted: {result.drifted_columns()}"
         )
-        meta.update({
-            "drift_share": float(result.drift_share),
-            "drift_detected": bool(result.drift_detected),
-            "drifted_columns": result.drifted_columns(),
-            "n_drifted": len(result.drifted_columns()),
-            "tested": True,
-            "columns": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
-        })
+        meta.update(
+            {
+                "drift_share": float(result.drift_share),
+                "drift_detected": bool(result.drift_detected),
+                "drifted_columns": result.drifted_columns(),
+                "n_drifted": len(result.drifted_columns()),
+                "tested": True,
+                "columns": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
+            }
+        )
         if report_day(ds, day):
-            plot = drift_over_time(store.read_history("drift_history"), reports / "drift" / f"drift_{day}.png",
-                                   threshold=ds.monitoring.drift_share)
+            plot = drift_over_time(
+                store.read_history("drift_history"),
+                reports / "drift" / f"drift_{day}.png",
+                threshold=ds.monitoring.drift_share,
+            )
             meta["drift_over_time"] = dg.MetadataValue.path(str(plot))
         if ds.monitoring.evidently_every_days and report_day(ds, day):
             from mlops_assets.ml.evidently_reports import data_drift_html
 
             html = reports / "evidently" / f"data_drift_{day}.html"
-            summary = data_drift_html(reference_rows(ds, champion, store, lk), current,
-                                      numeric=ds.numeric_features, categorical=ds.categorical_features, path=html)
+            summary = data_drift_html(
+                reference_rows(ds, champion, store, lk),
+                current,
+                numeric=ds.numeric_features,
+                categorical=ds.categorical_features,
+                path=html,
+            )
             meta["evidently_report"] = dg.MetadataValue.path(str(html))
             meta["evidently_drift_share"] = summary.get("drift_share")
         return dg.MaterializeResult(metadata=meta)
 
-    @dg.asset(partitions_def=partitions, group_name=GROUP, kinds={"duckdb"},
-              deps=["labels", "batch_predictions", "champion"])
+    @dg.asset(
+        partitions_def=partitions,
+        group_name=GROUP,
+        kinds={"duckdb"},
+        deps=["labels", "batch_predictions", "champion"],
+    )
     def performance_report(
         context: dg.AssetExecutionContext,
         spec: SpecResource,
@@ -152,8 +175,10 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         champion = registry.champion_info(ds.model_name)
         window = ds.monitoring.decay_window_days
         scored = store.scored_labels(day - dt.timedelta(days=window + ds.target.label_delay_days), day)
-        meta: dict[str, Any] = {"champion_version": champion.version if champion else None,
-                                "champion_is_baseline": champion.is_baseline if champion else True}
+        meta: dict[str, Any] = {
+            "champion_version": champion.version if champion else None,
+            "champion_is_baseline": champion.is_baseline if champion else True,
+        }
         if champion is None or scored.empty:
             meta.update({"decay_detected": False, "reason": "no scored predictions with labels yet", "rows": 0})
             return dg.MaterializeResult(metadata=meta)
@@ -163,29 +188,53 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         latest_day = pd.Timestamp(all_scored["day"].max()).date()
         day_rows = all_scored[pd.to_datetime(all_scored["day"]).dt.date == latest_day]
         if scored.empty or reference is None or champion.is_baseline:
-            why = ("champion is the baseline: nothing to decay from" if champion.is_baseline or reference is None
-                   else "no labelled predictions of this champion yet")
+            why = (
+                "champion is the baseline: nothing to decay from"
+                if champion.is_baseline or reference is None
+                else "no labelled predictions of this champion yet"
+            )
             meta.update({"decay_detected": False, "reason": why, "rows": len(scored)})
             return dg.MaterializeResult(metadata=meta)
-        result = detect_decay(scored, metric=ds.metric, reference_value=reference,
-                              tolerance=ds.monitoring.decay_tolerance, window_days=window)
-        history_row = pd.DataFrame([{
-            "scored_day": pd.Timestamp(latest_day), "day_value": result.day_value, "window_value": result.window_value,
-            "ci_low": result.ci_low, "ci_high": result.ci_high, "reference": reference,
-            "model_version": champion.version, "decay_detected": result.decay_detected, "n_rows": result.n_rows,
-        }])
+        result = detect_decay(
+            scored,
+            metric=ds.metric,
+            reference_value=reference,
+            tolerance=ds.monitoring.decay_tolerance,
+            window_days=window,
+        )
+        history_row = pd.DataFrame(
+            [
+                {
+                    "scored_day": pd.Timestamp(latest_day),
+                    "day_value": result.day_value,
+                    "window_value": result.window_value,
+                    "ci_low": result.ci_low,
+                    "ci_high": result.ci_high,
+                    "reference": reference,
+                    "model_version": champion.version,
+                    "decay_detected": result.decay_detected,
+                    "n_rows": result.n_rows,
+                }
+            ]
+        )
         store.save_history("performance_history", day, history_row)
         context.log.info(f"{day}: {result.reason}")
         meta.update(result.to_dict())
-        meta.update({
-            "decay_detected": bool(result.decay_detected),
-            "scored_day": latest_day.isoformat(),
-            "rows_scored_day": len(day_rows),
-        })
+        meta.update(
+            {
+                "decay_detected": bool(result.decay_detected),
+                "scored_day": latest_day.isoformat(),
+                "rows_scored_day": len(day_rows),
+            }
+        )
         if report_day(ds, day) or result.decay_detected:
-            plot = metric_over_time(store.read_history("performance_history"),
-                                    reports / "performance" / f"metric_{day}.png", metric=ds.metric,
-                                    reference=reference, tolerance=ds.monitoring.decay_tolerance)
+            plot = metric_over_time(
+                store.read_history("performance_history"),
+                reports / "performance" / f"metric_{day}.png",
+                metric=ds.metric,
+                reference=reference,
+                tolerance=ds.monitoring.decay_tolerance,
+            )
             meta["metric_over_time"] = dg.MetadataValue.path(str(plot))
         return dg.MaterializeResult(metadata=meta)
 

@@ -5,7 +5,6 @@ instance itself, not kept in memory; the cursor only records which report materi
 counted, so each report counts once and a restarted daemon resumes exactly where it stopped.
 """
 
-
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -67,8 +66,9 @@ def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, l
     }
 
 
-def policy_state(instance: dg.DagsterInstance, spec: DatasetSpec, today: dt.date,
-                 champion_is_baseline: bool) -> PolicyState:
+def policy_state(
+    instance: dg.DagsterInstance, spec: DatasetSpec, today: dt.date, champion_is_baseline: bool
+) -> PolicyState:
     runs = instance.get_runs(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={TAG_DATASET: spec.name}))
     days = sorted(dt.date.fromisoformat(r.tags[TAG_AS_OF]) for r in runs if TAG_AS_OF in r.tags)
     in_flight = any(r.status in IN_FLIGHT for r in runs)
@@ -110,13 +110,25 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, cursor: str | None
                 latest_drift = rec
                 if not _value(rec, "tested", False):
                     continue
-                signals.append(Signal("drift", day, float(_value(rec, "drift_share", 0.0)),
-                                      bool(_value(rec, "drift_detected", False))))
+                signals.append(
+                    Signal(
+                        "drift",
+                        day,
+                        float(_value(rec, "drift_share", 0.0)),
+                        bool(_value(rec, "drift_detected", False)),
+                    )
+                )
             else:
                 if _value(rec, "window_value") is None:
                     continue
-                signals.append(Signal("decay", day, float(_value(rec, "window_value", 0.0)),
-                                      bool(_value(rec, "decay_detected", False))))
+                signals.append(
+                    Signal(
+                        "decay",
+                        day,
+                        float(_value(rec, "window_value", 0.0)),
+                        bool(_value(rec, "decay_detected", False)),
+                    )
+                )
     new_cursor = json.dumps(new_seen, sort_keys=True)
     if new_seen == seen:
         return Evaluation(Decision(False, "none", "skip: no new drift or performance report"), None, None, new_cursor)

@@ -1,7 +1,6 @@
 """The registry: every challenger becomes a version with its lineage; the `champion` alias moves only when
 the gate says so. Until the first trained model, a baseline version holds the alias."""
 
-
 import json
 import os
 import subprocess
@@ -13,7 +12,12 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec
-from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, ModelRegistryResource, SpecResource
+from mlops_assets.defs.resources import (
+    FeatureStoreResource,
+    LakeResource,
+    ModelRegistryResource,
+    SpecResource,
+)
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
 from mlops_assets.ml.models import build_model, log_model
@@ -28,10 +32,21 @@ def code_version() -> str:
     if os.environ.get("MLOPS_CODE_VERSION"):
         return os.environ["MLOPS_CODE_VERSION"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=5, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -43,8 +58,13 @@ def history_table(history: list[dict[str, Any]]) -> str:
     return pd.DataFrame(history[::-1]).to_markdown(index=False)
 
 
-def register_version(registry: ModelRegistryResource, spec: DatasetSpec, model_uri: str, run_id: str | None,
-                     tags: dict[str, str]) -> Any:
+def register_version(
+    registry: ModelRegistryResource,
+    spec: DatasetSpec,
+    model_uri: str,
+    run_id: str | None,
+    tags: dict[str, str],
+) -> Any:
     import mlflow
 
     registry.ensure_model(spec.model_name)
@@ -76,7 +96,9 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         ds = spec.get()
         current = registry.champion_info(ds.model_name)
         if current is not None:
-            return dg.MaterializeResult(metadata={"registered": False, "reason": f"champion exists (v{current.version})"})
+            return dg.MaterializeResult(
+                metadata={"registered": False, "reason": f"champion exists (v{current.version})"}
+            )
         frame = feature_store.store().training_frame(pd.Timestamp.max.date())
         if len(frame):
             X, y = frame[ds.feature_names], frame[ds.target.name].to_numpy()
@@ -84,8 +106,14 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         else:
             X, y = _baseline_frame(ds)
             fitted_on = "no labels yet (uninformative prior)"
-        model = build_model("baseline", {}, task=ds.task, numeric=ds.numeric_features,
-                            categorical=ds.categorical_features, seed=0).fit(X, y)
+        model = build_model(
+            "baseline",
+            {},
+            task=ds.task,
+            numeric=ds.numeric_features,
+            categorical=ds.categorical_features,
+            seed=0,
+        ).fit(X, y)
         from mlops_assets.defs.resources import ensure_experiment
 
         mlflow.set_tracking_uri(registry.tracking_uri)
@@ -95,13 +123,28 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
             info = log_model(model, name="model", input_example=X.head(2))
             mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
         sha = artifact_digest(info.model_uri, registry.tracking_uri)
-        mv = register_version(registry, ds, info.model_uri, run.info.run_id, {
-            "mlops.is_baseline": "true", "mlops.metric": ds.metric, "mlops.model_sha256": sha,
-            "mlops.fitted_on": fitted_on, "mlops.code_version": code_version(), "mlops.spec_hash": ds.spec_hash,
-            "mlops.dagster_run_id": context.run_id, "mlops.gate": "first_model",
-        })
-        registry.move_champion(ds.model_name, str(mv.version), reason=f"baseline until a trained model ({fitted_on})",
-                               actor="baseline_model")
+        mv = register_version(
+            registry,
+            ds,
+            info.model_uri,
+            run.info.run_id,
+            {
+                "mlops.is_baseline": "true",
+                "mlops.metric": ds.metric,
+                "mlops.model_sha256": sha,
+                "mlops.fitted_on": fitted_on,
+                "mlops.code_version": code_version(),
+                "mlops.spec_hash": ds.spec_hash,
+                "mlops.dagster_run_id": context.run_id,
+                "mlops.gate": "first_model",
+            },
+        )
+        registry.move_champion(
+            ds.model_name,
+            str(mv.version),
+            reason=f"baseline until a trained model ({fitted_on})",
+            actor="baseline_model",
+        )
         context.log.info(f"registered baseline v{mv.version} as champion ({fitted_on})")
         return dg.MaterializeResult(metadata={"registered": True, "version": str(mv.version), "fitted_on": fitted_on})
 
@@ -151,18 +194,32 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
         context.log.info(f"registered {ds.model_name} v{mv.version} (gate: {decision['status']})")
         return dg.Output(
-            {"version": str(mv.version), "gate": decision, "holdout_metric": evaluation_report["challenger_holdout"]},
-            metadata={"version": str(mv.version), "gate": decision["status"], "model_sha256": candidate_models["model_sha256"],
-                      "training_dataset_sha256": training_dataset["sha256"], "code_version": code_version(),
-                      "reference_profile": dg.MetadataValue.path(lk.uri(prof_key))},
+            {
+                "version": str(mv.version),
+                "gate": decision,
+                "holdout_metric": evaluation_report["challenger_holdout"],
+            },
+            metadata={
+                "version": str(mv.version),
+                "gate": decision["status"],
+                "model_sha256": candidate_models["model_sha256"],
+                "training_dataset_sha256": training_dataset["sha256"],
+                "code_version": code_version(),
+                "reference_profile": dg.MetadataValue.path(lk.uri(prof_key)),
+            },
         )
 
     @dg.asset(
         group_name=GROUP,
         kinds={"mlflow"},
         deps=["baseline_model"],
-        check_specs=[dg.AssetCheckSpec("champion_loads", asset="champion",
-                                       description="The alias resolves and its artifact matches its checksum.")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "champion_loads",
+                asset="champion",
+                description="The alias resolves and its artifact matches its checksum.",
+            )
+        ],
     )
     def champion(
         context: dg.AssetExecutionContext,
@@ -178,8 +235,13 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         before = registry.champion_info(ds.model_name)
         moved = False
         if gate["promote"] and gate["status"] != "pending_approval":
-            registry.move_champion(ds.model_name, version, reason=gate["reason"], actor=f"dagster run {context.run_id[:8]}",
-                                   data_day=context.run.tags.get("mlops/as_of"))
+            registry.move_champion(
+                ds.model_name,
+                version,
+                reason=gate["reason"],
+                actor=f"dagster run {context.run_id[:8]}",
+                data_day=context.run.tags.get("mlops/as_of"),
+            )
             moved = True
             context.log.info(f"champion moved to v{version}: {gate['reason']}")
         else:
@@ -189,7 +251,7 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         try:
             if now is not None:
                 registry.load_champion(now)
-        except Exception as exc:  # noqa: BLE001 - reported by the check, never swallowed silently
+        except Exception as exc:
             passed, problem = False, str(exc)
         return dg.MaterializeResult(
             metadata={
@@ -198,11 +260,14 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
                 "candidate_version": version,
                 "gate": gate["status"],
                 "reason": gate["reason"],
-                "champion_holdout_metric": now.holdout_metric if now and now.holdout_metric is not None else float("nan"),
+                "champion_holdout_metric": now.holdout_metric
+                if now and now.holdout_metric is not None
+                else float("nan"),
                 "history": dg.MetadataValue.md(history_table(registry.history(ds.model_name))),
             },
-            check_results=[dg.AssetCheckResult(check_name="champion_loads", passed=passed,
-                                               metadata={"detail": problem})],
+            check_results=[
+                dg.AssetCheckResult(check_name="champion_loads", passed=passed, metadata={"detail": problem})
+            ],
         )
 
     return dg.Definitions(assets=[baseline_model, registered_model_version, champion])

@@ -1,6 +1,5 @@
 """Approve and rollback as Dagster jobs, so that a person can do both from the UI's launchpad."""
 
-
 import dagster as dg
 
 from mlops_assets.config import DatasetSpec
@@ -19,14 +18,19 @@ class RollbackConfig(dg.Config):
 
 
 @dg.op
-def approve_version(context: dg.OpExecutionContext, config: ApproveConfig, spec: SpecResource,
-                    registry: ModelRegistryResource) -> None:
+def approve_version(
+    context: dg.OpExecutionContext, config: ApproveConfig, spec: SpecResource, registry: ModelRegistryResource
+) -> None:
     context.log.info(approve(registry, spec.get().model_name, config.version, actor=config.actor))
 
 
 @dg.op
-def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, spec: SpecResource,
-                      registry: ModelRegistryResource) -> None:
+def rollback_champion(
+    context: dg.OpExecutionContext,
+    config: RollbackConfig,
+    spec: SpecResource,
+    registry: ModelRegistryResource,
+) -> None:
     context.log.info(rollback(registry, spec.get().model_name, actor=config.actor, reason=config.reason))
 
 

@@ -1,8 +1,8 @@
 """Batch predictions: the champion of the moment scores the day's feature rows, and the log is kept so that
 the performance report can score what was actually served once labels arrive."""
 
-
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec
@@ -33,18 +33,25 @@ def build_serving(spec: DatasetSpec) -> dg.Definitions:
             raise dg.Failure(f"no champion for {ds.model_name}: materialize baseline_model first")
         feats = store.features_for_day(day)
         model = registry.load_champion(champion)
-        scores = predict_scores(model, feats[ds.feature_names]) if len(feats) else []
-        preds = pd.DataFrame({
-            "entity_id": feats["entity_id"], "event_time": feats["event_time"], "event_day": feats["event_day"],
-            "model_version": champion.version, "score": scores,
-        })
+        scores = predict_scores(model, feats[ds.feature_names]) if len(feats) else np.array([])
+        preds = pd.DataFrame(
+            {
+                "entity_id": feats["entity_id"],
+                "event_time": feats["event_time"],
+                "event_day": feats["event_day"],
+                "model_version": champion.version,
+                "score": scores,
+            }
+        )
         store.write_predictions(day, preds)
         context.log.info(f"{day}: {len(preds)} predictions by v{champion.version}")
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(preds),
-            "model_version": champion.version,
-            "model_is_baseline": champion.is_baseline,
-            "mean_score": float(preds["score"].mean()) if len(preds) else float("nan"),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(preds),
+                "model_version": champion.version,
+                "model_is_baseline": champion.is_baseline,
+                "mean_score": float(preds["score"].mean()) if len(preds) else float("nan"),
+            }
+        )
 
     return dg.Definitions(assets=[batch_predictions])

@@ -1,7 +1,6 @@
 """Training: a point-in-time training set, a budgeted sweep over model families, and the challenger's
 evaluation against the champion on the same recent hold-out."""
 
-
 import datetime as dt
 from typing import Any
 
@@ -9,7 +8,12 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
-from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, ModelRegistryResource, SpecResource
+from mlops_assets.defs.resources import (
+    FeatureStoreResource,
+    LakeResource,
+    ModelRegistryResource,
+    SpecResource,
+)
 from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
 from mlops_assets.ml.evaluate import compare_models, performance_html
 from mlops_assets.ml.models import log_model, predict_scores
@@ -75,21 +79,31 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         parts = split_days(frame, ds)
         key, sha = lake.lake().write_frame("datasets", ds.name, None, frame)
         pointer = {
-            "as_of": as_of.isoformat(), "trigger": config.trigger, "key": key, "sha256": sha, "rows": len(frame),
-            "spans": {k: _span(v) for k, v in parts.items()}, "spec_hash": ds.spec_hash,
-        }
-        context.log.info(f"training set as of {as_of}: {len(frame)} rows, " +
-                         ", ".join(f"{k} {len(v)} ({_span(v)})" for k, v in parts.items()))
-        return dg.Output(pointer, metadata={
-            "dagster/row_count": len(frame),
             "as_of": as_of.isoformat(),
             "trigger": config.trigger,
+            "key": key,
             "sha256": sha,
-            "path": dg.MetadataValue.path(lake.lake().uri(key)),
-            **{f"rows_{k}": len(v) for k, v in parts.items()},
-            **{f"span_{k}": _span(v) for k, v in parts.items()},
-            "target_mean": float(frame[ds.target.name].mean()),
-        })
+            "rows": len(frame),
+            "spans": {k: _span(v) for k, v in parts.items()},
+            "spec_hash": ds.spec_hash,
+        }
+        context.log.info(
+            f"training set as of {as_of}: {len(frame)} rows, "
+            + ", ".join(f"{k} {len(v)} ({_span(v)})" for k, v in parts.items())
+        )
+        return dg.Output(
+            pointer,
+            metadata={
+                "dagster/row_count": len(frame),
+                "as_of": as_of.isoformat(),
+                "trigger": config.trigger,
+                "sha256": sha,
+                "path": dg.MetadataValue.path(lake.lake().uri(key)),
+                **{f"rows_{k}": len(v) for k, v in parts.items()},
+                **{f"span_{k}": _span(v) for k, v in parts.items()},
+                "target_mean": float(frame[ds.target.name].mean()),
+            },
+        )
 
     @dg.asset(group_name=GROUP, kinds={"mlflow", "scikitlearn"})
     def candidate_models(
@@ -112,52 +126,103 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         space = SearchSpace.from_dict(ds.search)
         parent = mlflow_lib.active_run()
         sweep_run_id = parent.info.run_id if parent else None
-        mlflow_lib.log_params({"as_of": training_dataset["as_of"], "trigger": training_dataset["trigger"],
-                           "dataset_sha256": training_dataset["sha256"][:16], "trials_budget": space.trials,
-                           "seconds_budget": space.seconds})
+        mlflow_lib.log_params(
+            {
+                "as_of": training_dataset["as_of"],
+                "trigger": training_dataset["trigger"],
+                "dataset_sha256": training_dataset["sha256"][:16],
+                "trials_budget": space.trials,
+                "seconds_budget": space.seconds,
+            }
+        )
 
         def on_trial(t: TrialResult) -> None:
             with mlflow_lib.start_run(run_name=f"trial-{t.number:02d}-{t.family}", nested=True):
-                mlflow_lib.log_params({"family": t.family, "window_days": t.window_days,
-                                   "half_life_days": t.half_life_days, **{f"p_{k}": v for k, v in t.params.items()}})
-                mlflow_lib.log_metrics({"wall_seconds": t.wall_seconds, "cpu_seconds": t.cpu_seconds,
-                                    "n_train": t.n_train, **({ds.metric: t.score} if t.score is not None else {})})
-                mlflow_lib.set_tags({"state": t.state, "dataset_sha256": training_dataset["sha256"],
-                                 **({"error": t.error[:500]} if t.error else {})})
+                mlflow_lib.log_params(
+                    {
+                        "family": t.family,
+                        "window_days": t.window_days,
+                        "half_life_days": t.half_life_days,
+                        **{f"p_{k}": v for k, v in t.params.items()},
+                    }
+                )
+                mlflow_lib.log_metrics(
+                    {
+                        "wall_seconds": t.wall_seconds,
+                        "cpu_seconds": t.cpu_seconds,
+                        "n_train": t.n_train,
+                        **({ds.metric: t.score} if t.score is not None else {}),
+                    }
+                )
+                mlflow_lib.set_tags(
+                    {
+                        "state": t.state,
+                        "dataset_sha256": training_dataset["sha256"],
+                        **({"error": t.error[:500]} if t.error else {}),
+                    }
+                )
             score = f"{t.score:.4f}" if t.score is not None else "-"
-            context.log.info(f"trial {t.number}: {t.family} window={t.window_days} {t.state} {ds.metric}={score} "
-                             f"({t.wall_seconds:.1f}s wall, {t.cpu_seconds:.1f}s CPU)")
+            context.log.info(
+                f"trial {t.number}: {t.family} window={t.window_days} {t.state} {ds.metric}={score} "
+                f"({t.wall_seconds:.1f}s wall, {t.cpu_seconds:.1f}s CPU)"
+            )
 
-        result = run_sweep(parts["train"], parts["valid"], target=ds.target.name, time_column="event_time",
-                           numeric=ds.numeric_features, categorical=ds.categorical_features, task=ds.task,
-                           metric=ds.metric, space=space, on_trial=on_trial)
+        result = run_sweep(
+            parts["train"],
+            parts["valid"],
+            target=ds.target.name,
+            time_column="event_time",
+            numeric=ds.numeric_features,
+            categorical=ds.categorical_features,
+            task=ds.task,
+            metric=ds.metric,
+            space=space,
+            on_trial=on_trial,
+        )
         best = result.best
         example = parts["valid"][ds.feature_names].head(5)
         info = log_model(result.best_model, name="model", input_example=example)
         model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
-        mlflow_lib.log_metrics({f"best_{ds.metric}": float(best.score or 0.0), "sweep_cpu_seconds": result.cpu_seconds,
-                            "sweep_wall_seconds": result.wall_seconds})
+        mlflow_lib.log_metrics(
+            {
+                f"best_{ds.metric}": float(best.score or 0.0),
+                "sweep_cpu_seconds": result.cpu_seconds,
+                "sweep_wall_seconds": result.wall_seconds,
+            }
+        )
         board = result.leaderboard()
         pointer = {
-            "model_uri": info.model_uri, "model_sha256": model_sha, "run_id": sweep_run_id, "family": best.family,
-            "params": best.params, "window_days": best.window_days, "half_life_days": best.half_life_days,
-            "valid_score": best.score, "metric": ds.metric, "cpu_seconds": result.cpu_seconds,
-            "wall_seconds": result.wall_seconds, "trials": len(result.trials), "dataset_sha256": training_dataset["sha256"],
-        }
-        return dg.Output(pointer, metadata={
-            "best_family": best.family,
-            f"best_valid_{ds.metric}": float(best.score or 0.0),
-            "best_window_days": str(best.window_days),
-            "trials": len(result.trials),
-            "trials_pruned": int(sum(t.state == "pruned" for t in result.trials)),
-            "trials_failed": int(sum(t.state == "failed" for t in result.trials)),
-            "refit_rows": result.refit_rows,
-            "cpu_seconds": round(result.cpu_seconds, 2),
-            "wall_seconds": round(result.wall_seconds, 2),
-            "leaderboard": dg.MetadataValue.md(board.head(20).to_markdown(index=False)),
-            "mlflow_run_id": str(sweep_run_id),
+            "model_uri": info.model_uri,
             "model_sha256": model_sha,
-        })
+            "run_id": sweep_run_id,
+            "family": best.family,
+            "params": best.params,
+            "window_days": best.window_days,
+            "half_life_days": best.half_life_days,
+            "valid_score": best.score,
+            "metric": ds.metric,
+            "cpu_seconds": result.cpu_seconds,
+            "wall_seconds": result.wall_seconds,
+            "trials": len(result.trials),
+            "dataset_sha256": training_dataset["sha256"],
+        }
+        return dg.Output(
+            pointer,
+            metadata={
+                "best_family": best.family,
+                f"best_valid_{ds.metric}": float(best.score or 0.0),
+                "best_window_days": str(best.window_days),
+                "trials": len(result.trials),
+                "trials_pruned": int(sum(t.state == "pruned" for t in result.trials)),
+                "trials_failed": int(sum(t.state == "failed" for t in result.trials)),
+                "refit_rows": result.refit_rows,
+                "cpu_seconds": round(result.cpu_seconds, 2),
+                "wall_seconds": round(result.wall_seconds, 2),
+                "leaderboard": dg.MetadataValue.md(board.head(20).to_markdown(index=False)),
+                "mlflow_run_id": str(sweep_run_id),
+                "model_sha256": model_sha,
+            },
+        )
 
     @dg.asset(group_name=GROUP, kinds={"evidently"})
     def evaluation_report(
@@ -174,8 +239,9 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         holdout = split_days(frame, ds)["holdout"].reset_index(drop=True)
         X, y = holdout[ds.feature_names], holdout[ds.target.name].to_numpy()
-        challenger = load_verified(candidate_models["model_uri"], candidate_models["model_sha256"],
-                                   registry.tracking_uri).model
+        challenger = load_verified(
+            candidate_models["model_uri"], candidate_models["model_sha256"], registry.tracking_uri
+        ).model
         champion = registry.champion_info(ds.model_name)
         challenger_scores = predict_scores(challenger, X)
         if champion is not None:
@@ -183,33 +249,53 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         else:
             champion_scores = predict_scores(challenger, X) * 0.0 + float(y.mean())
         slices = holdout[ds.training.slices] if ds.training.slices else None
-        comparison = compare_models(y, challenger_scores, champion_scores, metric=ds.metric, slices=slices,
-                                    confidence=ds.gate.confidence)
+        comparison = compare_models(
+            y,
+            challenger_scores,
+            champion_scores,
+            metric=ds.metric,
+            slices=slices,
+            confidence=ds.gate.confidence,
+            min_slice_rows=min(200, ds.gate.min_slice_rows),
+        )
         is_baseline = champion is None or champion.is_baseline
         decision = decide_promotion(comparison, GatePolicy(**ds.gate.model_dump()), champion_is_baseline=is_baseline)
         context.log.info(f"gate: {decision.status}: {decision.reason}")
         html = reports / "evaluation" / f"evaluation_{training_dataset['as_of']}.html"
-        performance_html(holdout.assign(prediction=challenger_scores), target=ds.target.name,
-                         prediction="prediction", task=ds.task, path=html)
+        performance_html(
+            holdout.assign(prediction=challenger_scores),
+            target=ds.target.name,
+            prediction="prediction",
+            task=ds.task,
+            path=html,
+        )
         summary = comparison.to_dict()
         summary.pop("slices", None)
-        pointer = {"decision": decision.to_dict(), "comparison": summary,
-                   "champion_version": champion.version if champion else None,
-                   "challenger_holdout": comparison.challenger, "champion_holdout": comparison.champion}
-        return dg.Output(pointer, metadata={
-            "decision": decision.status,
-            "promote": decision.promote,
-            "reason": decision.reason,
-            f"challenger_{ds.metric}": float(comparison.challenger),
-            f"champion_{ds.metric}": float(comparison.champion),
-            "delta": float(comparison.delta),
-            "delta_ci": f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
-            "p_value": float(comparison.p_value),
-            "holdout_rows": len(holdout),
-            "champion_version": champion.version if champion else "none",
-            "slices": dg.MetadataValue.md(comparison.slices.round(4).to_markdown(index=False))
-            if len(comparison.slices) else "no slice with enough rows",
-            "evidently_report": dg.MetadataValue.path(str(html)),
-        })
+        pointer = {
+            "decision": decision.to_dict(),
+            "comparison": summary,
+            "champion_version": champion.version if champion else None,
+            "challenger_holdout": comparison.challenger,
+            "champion_holdout": comparison.champion,
+        }
+        return dg.Output(
+            pointer,
+            metadata={
+                "decision": decision.status,
+                "promote": decision.promote,
+                "reason": decision.reason,
+                f"challenger_{ds.metric}": float(comparison.challenger),
+                f"champion_{ds.metric}": float(comparison.champion),
+                "delta": float(comparison.delta),
+                "delta_ci": f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
+                "p_value": float(comparison.p_value),
+                "holdout_rows": len(holdout),
+                "champion_version": champion.version if champion else "none",
+                "slices": dg.MetadataValue.md(comparison.slices.round(4).to_markdown(index=False))
+                if len(comparison.slices)
+                else "no slice with enough rows",
+                "evidently_report": dg.MetadataValue.path(str(html)),
+            },
+        )
 
     return dg.Definitions(assets=[training_dataset, candidate_models, evaluation_report])

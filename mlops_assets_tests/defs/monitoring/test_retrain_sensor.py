@@ -9,11 +9,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.utils import make_new_run_id
 
 from mlops_assets.config import Settings
 from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, TAG_AS_OF, retrain_sensor
 from mlops_assets.defs.resources import SpecResource
-from dagster._core.utils import make_new_run_id
 
 
 @pytest.fixture
@@ -27,18 +27,41 @@ def spec_res(flights_settings: Settings) -> SpecResource:
     return SpecResource(spec_path=str(flights_settings.spec_path))
 
 
-def report(instance: dg.DagsterInstance, day: str, *, drift: float | None = None, decay: bool | None = None,
-           baseline: bool = False, labelled: int | None = None) -> None:
+def report(
+    instance: dg.DagsterInstance,
+    day: str,
+    *,
+    drift: float | None = None,
+    decay: bool | None = None,
+    baseline: bool = False,
+    labelled: int | None = None,
+) -> None:
     if labelled is not None:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "labels", partition=day, metadata={"total_labelled_rows": labelled}))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("labels", partition=day, metadata={"total_labelled_rows": labelled})
+        )
     if drift is not None:
-        instance.report_runless_asset_event(dg.AssetMaterialization("drift_report", partition=day, metadata={
-            "drift_share": drift, "drift_detected": drift >= 0.5, "tested": True,
-            "champion_is_baseline": baseline, "champion_version": "1" if baseline else "2"}))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "drift_report",
+                partition=day,
+                metadata={
+                    "drift_share": drift,
+                    "drift_detected": drift >= 0.5,
+                    "tested": True,
+                    "champion_is_baseline": baseline,
+                    "champion_version": "1" if baseline else "2",
+                },
+            )
+        )
     if decay is not None:
-        instance.report_runless_asset_event(dg.AssetMaterialization("performance_report", partition=day, metadata={
-            "window_value": 0.6 if decay else 0.7, "decay_detected": decay}))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "performance_report",
+                partition=day,
+                metadata={"window_value": 0.6 if decay else 0.7, "decay_detected": decay},
+            )
+        )
 
 
 def tick(instance: dg.DagsterInstance, spec_res: SpecResource, cursor: str | None) -> dg.SensorResult:
@@ -50,8 +73,14 @@ def tick(instance: dg.DagsterInstance, spec_res: SpecResource, cursor: str | Non
 
 def record_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
     """What the daemon does with a request: a run of the retrain job carrying the request's tags."""
-    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, run_id=make_new_run_id(), tags=request.tags,
-                                   status=dg.DagsterRunStatus.SUCCESS))
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=RETRAIN_JOB,
+            run_id=make_new_run_id(),
+            tags=request.tags,
+            status=dg.DagsterRunStatus.SUCCESS,
+        )
+    )
 
 
 def test_first_tick_with_nothing_reported_skips_and_keeps_an_empty_cursor(instance, spec_res) -> None:
@@ -100,9 +129,14 @@ def test_cool_down_after_a_retrain_then_fires_again(instance, spec_res, flights_
 
 def test_no_second_training_run_while_one_is_in_flight(instance, spec_res) -> None:
     report(instance, "2013-02-01", labelled=30000, drift=0.9)
-    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, run_id=make_new_run_id(),
-                                   tags={"mlops/dataset": "flights", TAG_AS_OF: "2013-01-20"},
-                                   status=dg.DagsterRunStatus.STARTED))
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=RETRAIN_JOB,
+            run_id=make_new_run_id(),
+            tags={"mlops/dataset": "flights", TAG_AS_OF: "2013-01-20"},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+    )
     result = tick(instance, spec_res, None)
     assert not result.run_requests
     assert result.skip_reason is not None and "flight" in result.skip_reason.skip_message
@@ -132,4 +166,3 @@ def test_bootstrap_trains_the_first_model_once_enough_labels_exist(instance, spe
     report(instance, "2013-01-22", labelled=19000, drift=0.0, baseline=True)
     r2 = tick(instance, spec_res, r1.cursor)
     assert len(r2.run_requests) == 1 and r2.run_requests[0].tags["mlops/trigger"] == "bootstrap"
-
