@@ -38,6 +38,7 @@ def test_definitions_load_and_expose_the_whole_graph(flights_settings: Settings)
         ("raw_batches", "delivery_valid"),
         ("raw_batches", "quarantine_share"),
         ("features", "features_complete"),
+        ("features", "features_null_share"),
         ("champion", "champion_loads"),
     } <= checks
     assert {j.name for j in repo.get_all_jobs()} >= {
