@@ -4,6 +4,8 @@ the sensor reads in production, and each test asserts both the run requests and 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,8 +144,32 @@ def test_no_second_training_run_while_one_is_in_flight(instance, spec_res) -> No
     assert result.skip_reason is not None and "flight" in result.skip_reason.skip_message
 
 
+RESUME = """
+import json, sys
+import dagster as dg
+from mlops_assets.defs.monitoring.sensors import retrain_sensor
+from mlops_assets.defs.resources import SpecResource
+home, spec, cursor = sys.argv[1:4]
+with dg.DagsterInstance.from_config(home) as inst:
+    ctx = dg.build_sensor_context(instance=inst, cursor=cursor, resources={"spec": SpecResource(spec_path=spec)})
+    r = retrain_sensor(ctx)
+    print(json.dumps({"requests": [dict(rr.tags) for rr in r.run_requests], "cursor": r.cursor}))
+"""
+
+
+def resume_in_new_process(home: Path, spec: SpecResource, cursor: str | None) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", RESUME, str(home), spec.spec_path, cursor or ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_a_restarted_sensor_resumes_from_its_cursor(tmp_path: Path, spec_res) -> None:
-    """New instance object on the same DAGSTER_HOME (as after a daemon restart) with the stored cursor."""
+    """The daemon restarted: a new process on the same DAGSTER_HOME, handed the stored cursor."""
     home = tmp_path / "home"
     home.mkdir()
     with dg.DagsterInstance.local_temp(str(home)) as inst:
@@ -151,12 +177,12 @@ def test_a_restarted_sensor_resumes_from_its_cursor(tmp_path: Path, spec_res) ->
         first = tick(inst, spec_res, None)
         assert len(first.run_requests) == 1
         record_run(inst, first.run_requests[0])
-    with dg.DagsterInstance.local_temp(str(home)) as again:
-        resumed = tick(again, spec_res, first.cursor)
-        assert not resumed.run_requests and resumed.cursor == first.cursor
-        report(again, "2013-02-20", labelled=60000, drift=0.9)
-        later = tick(again, spec_res, first.cursor)
-        assert len(later.run_requests) == 1 and later.run_requests[0].tags[TAG_AS_OF] == "2013-02-20"
+    resumed = resume_in_new_process(home, spec_res, first.cursor)
+    assert resumed["requests"] == [] and resumed["cursor"] == first.cursor
+    with dg.DagsterInstance.local_temp(str(home)) as inst:
+        report(inst, "2013-02-20", labelled=60000, drift=0.9)
+    later = resume_in_new_process(home, spec_res, first.cursor)
+    assert len(later["requests"]) == 1 and later["requests"][0][TAG_AS_OF] == "2013-02-20"
 
 
 def test_bootstrap_trains_the_first_model_once_enough_labels_exist(instance, spec_res) -> None:
