@@ -2,8 +2,8 @@
 
 - continuous: what the system actually served (the prediction log), champion by champion;
 - never: the first trained model, kept for the rest of the year;
-- daily: the first sweep's winning recipe (family, hyper-parameters) refit every day on the newest
-  `DAILY_WINDOW_DAYS` of labels, the blind schedule many teams run.
+- daily: the first sweep's winning recipe (family, hyper-parameters, training window, recency weighting,
+  row cap) refit every morning on every label known by then, the blind schedule many teams run.
 
 All three are scored on the same rows (every labelled event after the first trained model existed), with
 the same point-in-time features, month by month; cost is training CPU-seconds measured in this process.
@@ -18,16 +18,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
 
 from mlops_assets.defs.resources import ModelRegistryResource
+from mlops_assets.ml.automl import SearchSpace, fit_recipe, window_rows
 from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.evaluate import score
-from mlops_assets.ml.models import build_model, predict_scores
+from mlops_assets.ml.models import predict_scores
 from mlops_assets.replay import ReplayResult
 from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.models import load_verified
-
-DAILY_WINDOW_DAYS = 60
 
 
 @dataclass
@@ -55,16 +56,15 @@ def _first_trained_version(registry: ModelRegistryResource, name: str) -> Any | 
     return min(trained, key=lambda v: int(v.version)) if trained else None
 
 
-def _fit_recipe(frame: pd.DataFrame, spec: Any, family: str, params: dict[str, Any], seed: int) -> Any:
-    model = build_model(
-        family,
-        params,
-        task=spec.task,
-        numeric=spec.numeric_features,
-        categorical=spec.categorical_features,
-        seed=seed,
-    )
-    return model.fit(frame[spec.feature_names], frame[spec.target.name].to_numpy())
+def _tag_number(tags: dict[str, str], key: str) -> float | None:
+    value = tags.get(key)
+    return None if value in (None, "", "None", "nan") else float(value)
+
+
+def _refit_and_score(rows: pd.DataFrame, today: pd.DataFrame, recipe: dict[str, Any]) -> tuple[np.ndarray, float]:
+    with Stopwatch() as sw, threadpool_limits(limits=1):
+        model, _ = fit_recipe(rows, **recipe)
+    return predict_scores(model, today), sw.cpu_seconds
 
 
 def compare_strategies(result: ReplayResult) -> StrategyComparison:
@@ -102,20 +102,45 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     ).model
     period["never"] = predict_scores(model0, period[spec.feature_names])
 
-    # daily: the same recipe refit every day on the newest window of labels known that morning
+    # daily: the first model's recipe (family, hyper-parameters, window, weighting, row cap) refit every
+    # morning on every label known by then, the blind schedule many teams run
     family = first.tags["mlops.family"]
     params = json.loads(first.tags.get("mlops.params", "{}"))
-    daily = np.full(len(period), np.nan)
-    cpu = 0.0
+    window = _tag_number(first.tags, "mlops.window_days")
+    half_life = _tag_number(first.tags, "mlops.half_life_days")
+    space = SearchSpace.from_dict(spec.search)
+    recipe_kwargs: dict[str, Any] = {
+        "family": family,
+        "params": params,
+        "window_days": int(window) if window is not None else None,
+        "half_life_days": half_life,
+        "target": spec.target.name,
+        "time_column": "event_time",
+        "numeric": spec.numeric_features,
+        "categorical": spec.categorical_features,
+        "task": spec.task,
+        "seed": space.seed,
+        "max_rows": space.max_rows,
+    }
+    jobs = []
     for day in sorted(period["event_day"].unique()):
-        known = frame[(frame["arrival_day"] < day) & (frame["event_day"] >= day - dt.timedelta(days=DAILY_WINDOW_DAYS))]
+        known = frame[frame["arrival_day"] < day]
         if known.empty:
             continue
-        with Stopwatch() as sw:
-            m = _fit_recipe(known, spec, family, params, seed=0)
-        cpu += sw.cpu_seconds
-        idx = (period["event_day"] == day).to_numpy()
-        daily[idx] = predict_scores(m, period.loc[idx, spec.feature_names])
+        # window and row cap applied here so that each worker receives only the rows it trains on
+        rows = window_rows(known, "event_time", recipe_kwargs["window_days"], space.max_rows, space.seed)
+        idx = np.flatnonzero((period["event_day"] == day).to_numpy())
+        jobs.append((idx, rows, period.iloc[idx][spec.feature_names]))
+    # one refit per core: the replay is over, both cores are free, and each worker measures its own CPU
+    outputs = Parallel(n_jobs=2)(
+        delayed(_refit_and_score)(rows, today, {**recipe_kwargs, "window_days": None, "max_rows": None})
+        for _, rows, today in jobs
+    )
+    daily = np.full(len(period), np.nan)
+    cpu = 0.0
+    for (idx, _, _), (scores, seconds) in zip(jobs, outputs, strict=True):
+        daily[idx] = scores
+        cpu += seconds
     period["daily"] = daily
 
     strategies = ["continuous", "never", "daily"]
@@ -151,11 +176,14 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
             },
         }
     )
+    recipe = f"{family}, window {window or 'all'} days, half-life {half_life or 'none'}, max {space.max_rows} rows"
     note = (
-        f"Scored rows: {len(period)} labelled events from {period['event_day'].min()} to "
-        f"{period['event_day'].max()} (after the first trained model, v{first.version}, as of {as_of}). "
-        f"continuous = the prediction log; never = v{first.version} frozen; daily = {family} with v{first.version}'s "
-        f"hyper-parameters refit every day on the last {DAILY_WINDOW_DAYS} days. Continuous CPU includes every sweep "
-        f"trial; served rows before v{first.version} are not compared ({len(served)} scored predictions in the log)."
+        f"Same rows for all three: {len(period)} labelled events from {period['event_day'].min()} to "
+        f"{period['event_day'].max()}, after the first trained model (v{first.version}, as of {as_of}).\n"
+        f"continuous = what was served (the prediction log); never = v{first.version} frozen; "
+        f"daily = v{first.version}'s recipe ({recipe}) refit every morning.\n"
+        f"Training CPU s: continuous counts every sweep trial and refit of every retrain, never counts "
+        f"v{first.version}'s sweep, daily counts its {int(period['event_day'].nunique())} "
+        f"refits. {len(served)} served predictions were scored in this period."
     )
     return StrategyComparison(spec.metric, monthly, totals, note)

@@ -67,7 +67,7 @@ def retrain_table(result: ReplayResult) -> pd.DataFrame:
             {
                 "day": str(r["day"]),
                 "trigger": r["trigger"],
-                "best": f"{r['family']} (window {r['window']})",
+                "best": f"{r['family']} (window {'all' if r['window'] in (None, 'None') else r['window']})",
                 "decision": r["decision"],
                 "champion after": f"v{r['champion_version']}",
                 "CPU s": round(r["cpu_seconds"], 1),

@@ -40,7 +40,10 @@ class SearchSpace:
     trials: int = 20
     seconds: float = 300.0
     seed: int = 0
-    n_jobs: int = 2
+    # One thread per model by default: on a shared 2-core box, HGB's OpenMP threads stall whenever another
+    # process holds a core (trials of a second turned into minutes); one thread degrades gracefully.
+    n_jobs: int = 1
+    max_rows: int | None = None  # training rows per fit at most (a seeded sample of the window)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
@@ -52,6 +55,7 @@ class SearchSpace:
             "seconds",
             "seed",
             "n_jobs",
+            "max_rows",
         }
         if unknown:
             raise ValueError(f"search: unknown keys {sorted(unknown)}")
@@ -70,7 +74,8 @@ class SearchSpace:
             trials=int(d.get("trials", 20)),
             seconds=float(d.get("seconds", 300.0)),
             seed=int(d.get("seed", 0)),
-            n_jobs=int(d.get("n_jobs", 2)),
+            n_jobs=int(d.get("n_jobs", 1)),
+            max_rows=int(d["max_rows"]) if d.get("max_rows") else None,
         )
 
 
@@ -154,11 +159,19 @@ def _suggest(trial: Any, name: str, dom: Any) -> Any:
     return trial.suggest_float(name, float(low), float(high), log=log)
 
 
-def window_rows(frame: pd.DataFrame, time_column: str, window_days: int | None) -> pd.DataFrame:
-    if window_days is None or frame.empty:
-        return frame
-    t = pd.to_datetime(frame[time_column])
-    return frame[t > t.max() - pd.Timedelta(days=window_days)]
+def window_rows(
+    frame: pd.DataFrame, time_column: str, window_days: int | None, max_rows: int | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """The newest `window_days` of rows; above `max_rows`, a seeded uniform sample of them (in time order), so
+    that the cost of a retrain stops growing with the history while every period stays represented."""
+    rows = frame
+    if window_days is not None and not frame.empty:
+        t = pd.to_datetime(frame[time_column])
+        rows = frame[t > t.max() - pd.Timedelta(days=window_days)]
+    if max_rows is not None and len(rows) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_rows, replace=False))
+        rows = rows.iloc[keep]
+    return rows
 
 
 def recency_weights(frame: pd.DataFrame, time_column: str, half_life_days: float | None) -> np.ndarray | None:
@@ -182,10 +195,11 @@ def fit_recipe(
     categorical: Sequence[str],
     task: str,
     seed: int,
+    max_rows: int | None = None,
 ) -> tuple[Pipeline, int]:
     """Fit one configuration on its window of `frame`: used by the sweep's refit and by anyone who wants to
     retrain a registered model's recipe on other data."""
-    rows = window_rows(frame, time_column, window_days)
+    rows = window_rows(frame, time_column, window_days, max_rows, seed)
     if rows.empty:
         raise ValueError(f"no training rows in the last {window_days} days")
     model = build_model(family, params, task=task, numeric=numeric, categorical=categorical, seed=seed)
@@ -257,7 +271,7 @@ def run_sweep(
             if prior.state == "failed":
                 raise RuntimeError(f"repeat of failed trial {prior.number}: {prior.error}")
             return float(prior.score)  # type: ignore[arg-type]
-        rows = window_rows(train, time_column, window)
+        rows = window_rows(train, time_column, window, space.max_rows, space.seed)
         result = TrialResult(trial.number, family, params, window, half_life, None, "failed", 0.0, 0.0, len(rows))
         seen[key] = result
         sw = Stopwatch().__enter__()
@@ -335,6 +349,7 @@ def run_sweep(
         categorical=categorical,
         task=task,
         seed=space.seed,
+        max_rows=space.max_rows,
     )
     total.__exit__(None, None, None)
     return SweepResult(results, best, model, metric, total.wall_seconds, total.cpu_seconds, n_refit, notes)

@@ -57,6 +57,8 @@ def decide_promotion(
         if c.ci_low > 0:
             return _approval(policy, "first_model", f"first trained model beats the baseline: {nums}")
         return PromotionDecision(False, "rejected", f"does not beat even the baseline with confidence: {nums}")
+    if c.delta <= 0:
+        return PromotionDecision(False, "rejected", f"challenger is not better than the champion: {nums}")
     if c.delta < policy.min_delta:
         return PromotionDecision(False, "rejected", f"improvement below the margin {policy.min_delta:g}: {nums}")
     if not c.ci_low > 0:

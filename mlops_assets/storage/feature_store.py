@@ -21,6 +21,7 @@ import pandas as pd
 from mlops_assets.config import DatasetSpec
 
 RATE_PRIOR_WEIGHT = 20.0  # pseudo-count pulling a sparse group's rate towards the window's overall rate
+_ENSURED: set[tuple[str, str]] = set()  # (file, spec) pairs whose tables this process has already created
 
 
 def _q(name: str) -> str:
@@ -38,12 +39,15 @@ class FeatureStore:
         """Short-lived connections: DuckDB allows one writer process, and the UI process must not be locked
         out for the length of a replay."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if read_only and not self.path.exists():
+        fresh = not self.path.exists()
+        if read_only and fresh:
             read_only = False
         con = duckdb.connect(str(self.path), read_only=read_only)
         try:
-            if not read_only:
+            key = (str(self.path.resolve()), self.spec.spec_hash)
+            if not read_only and (fresh or key not in _ENSURED):
                 self.ensure_tables(con)
+                _ENSURED.add(key)
             yield con
         finally:
             con.close()

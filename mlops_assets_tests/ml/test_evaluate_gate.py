@@ -70,7 +70,7 @@ def test_gate_rules_each_say_which_rule_failed() -> None:
     policy = GatePolicy(min_delta=0.01, max_slice_regression=0.02)
     assert decide_promotion(better, policy, champion_is_baseline=False).status == "promoted"
     rej = decide_promotion(same, policy, champion_is_baseline=False)
-    assert not rej.promote and "below the margin" in rej.reason
+    assert not rej.promote and "not better than the champion" in rej.reason
     huge_margin = decide_promotion(better, GatePolicy(min_delta=0.5), champion_is_baseline=False)
     assert not huge_margin.promote and "0.5" in huge_margin.reason
     assert decide_promotion(better, policy, champion_is_baseline=True).status == "first_model"

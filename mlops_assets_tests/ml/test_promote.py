@@ -68,7 +68,7 @@ def test_a_real_model_replaces_the_baseline_as_first_model(flights: pd.DataFrame
         hold["late"], predict_scores(base, hold), predict_scores(logistic, hold), metric="roc_auc", n_boot=300
     )
     d2 = decide_promotion(back, GatePolicy(), champion_is_baseline=False)
-    assert not d2.promote and d2.status == "rejected" and "below the margin" in d2.reason
+    assert not d2.promote and d2.status == "rejected" and "not better than the champion" in d2.reason
 
 
 def test_not_beating_the_baseline_is_rejected_even_for_the_first_model() -> None:
