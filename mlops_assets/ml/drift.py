@@ -233,20 +233,20 @@ def _sketch_numeric(x: np.ndarray, max_atoms: int) -> _NumericSketch:
 
 
 def _wasserstein(ref_values: np.ndarray, ref_counts: np.ndarray, cur_sorted: np.ndarray) -> float:
-    """First Wasserstein distance between weighted reference atoms and the (sorted) current sample.
+    """First Wasserstein distance between weighted reference atoms and the current sample.
 
-    Integrates |F_ref - F_cur| over the merged breakpoints in O(n): the reference atoms are inserted into
-    the sorted current values, both CDFs are read off by position, ties get zero width."""
-    n_cur, n_ref = len(cur_sorted), int(ref_counts.sum())
-    pos = np.searchsorted(cur_sorted, ref_values, side="right")  # current values <= each atom
-    merged = np.insert(cur_sorted, pos, ref_values)
-    is_ref = np.zeros(len(merged), dtype=bool)
-    is_ref[pos + np.arange(len(pos))] = True
-    # F_cur at each merged point: current values at or before it
+    Integrates |F_ref - F_cur| over the merged breakpoints. The merge is a stable sort of the concatenation
+    (current first, so at a tie the current value comes before the atom, as `searchsorted(side="right")`
+    would place it); it must not assume the atoms are strictly increasing: slice means of a long run of
+    equal values can differ in the last bit and come out of order."""
+    n_cur, n_ref = len(cur_sorted), float(ref_counts.sum())
+    values = np.concatenate([cur_sorted, ref_values])
+    order = np.argsort(values, kind="mergesort")
+    merged = values[order]
+    is_ref = order >= n_cur
     f_cur = np.cumsum(~is_ref) / n_cur
-    # F_ref at each merged point: reference mass at or before it (constant between atoms)
     ref_mass = np.zeros(len(merged))
-    ref_mass[is_ref] = ref_counts
+    ref_mass[is_ref] = ref_counts[order[is_ref] - n_cur]
     f_ref = np.cumsum(ref_mass) / n_ref
     return float(np.sum(np.abs(f_ref[:-1] - f_cur[:-1]) * np.diff(merged)))
 

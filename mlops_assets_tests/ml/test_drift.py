@@ -234,3 +234,18 @@ def test_compare_subset_and_unknown_columns() -> None:
     assert [c.column for c in profile.compare(_frame(300, 16), columns=["c"]).columns] == ["c"]
     with pytest.raises(ValueError, match="not in the reference profile"):
         profile.compare(_frame(300, 16), columns=["nope"])
+
+
+def test_wasserstein_does_not_assume_sorted_atoms() -> None:
+    """Regression (replay of 2013-11-11): slice means that come out of order by a last-bit difference made
+    the merge put two atoms on one index and the day's drift report crash."""
+    from scipy.stats import wasserstein_distance
+
+    from mlops_assets.ml.drift import _wasserstein
+
+    rng = np.random.default_rng(0)
+    atoms = np.array([1.0, 2.0, 2.0 + 1e-15, 2.0, 3.0, 5.0])
+    counts = np.array([3, 2, 2, 1, 4, 1])
+    cur = np.sort(rng.normal(2.5, 1.0, 500))
+    expected = wasserstein_distance(cur, atoms, v_weights=counts)
+    assert _wasserstein(atoms, counts, cur) == pytest.approx(expected, rel=1e-9)
