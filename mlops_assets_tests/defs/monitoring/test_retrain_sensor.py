@@ -192,3 +192,25 @@ def test_bootstrap_trains_the_first_model_once_enough_labels_exist(instance, spe
     report(instance, "2013-01-22", labelled=19000, drift=0.0, baseline=True)
     r2 = tick(instance, spec_res, r1.cursor)
     assert len(r2.run_requests) == 1 and r2.run_requests[0].tags["mlops/trigger"] == "bootstrap"
+
+
+def test_weekly_schedule_trains_as_of_the_newest_labels_and_counts_for_the_cool_down(
+    instance, spec_res, flights_settings: Settings
+) -> None:
+    """The periodic retrain uses the data's clock, not the wall clock, and the sensor sees it as a retrain."""
+    from mlops_assets.definitions import build_defs
+
+    schedule = build_defs(flights_settings).resolve_schedule_def("weekly_retrain_schedule")
+    empty = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+    assert not empty.run_requests and "no labels" in (empty.skip_message or "")
+    report(instance, "2013-02-03", labelled=40000)
+    data = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+    assert data.run_requests is not None and len(data.run_requests) == 1
+    req = data.run_requests[0]
+    assert req.tags[TAG_AS_OF] == "2013-02-03" and req.tags["mlops/trigger"] == "schedule"
+    assert req.run_config["ops"]["training_dataset"]["config"]["as_of"] == "2013-02-03"
+    record_run(instance, req)
+    report(instance, "2013-02-04", labelled=41000, drift=0.9)
+    after = tick(instance, spec_res, None)
+    reason = after.skip_reason.skip_message if after.skip_reason else ""
+    assert not after.run_requests and ("cool-down" in reason or "weekly ceiling" in reason), reason
