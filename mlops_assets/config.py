@@ -284,11 +284,18 @@ class Settings(BaseModel):
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     profile: Literal["embedded", "production"]
+    # How a run's steps execute: in one process (embedded: a day's steps are light), or spread over Celery
+    # workers (production: dagster-celery on Redis or RabbitMQ; dagster-k8s's executor takes its place on a
+    # cluster). Chosen by configuration, never by code.
+    executor: Literal["in_process", "multiprocess", "celery"]
+    celery_broker: str
+    celery_backend: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         data_dir = Path(env.get("MLOPS_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+        profile = env.get("MLOPS_PROFILE", "embedded")
         return cls(
             data_dir=data_dir,
             spec_path=Path(env.get("MLOPS_SPEC", DEFAULT_SPEC)),
@@ -296,7 +303,10 @@ class Settings(BaseModel):
             duckdb_path=Path(env.get("MLOPS_DUCKDB_PATH", data_dir / "feature_store.duckdb")),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifact_root=env.get("MLOPS_MLFLOW_ARTIFACT_ROOT", str(data_dir / "mlflow" / "artifacts")),
-            profile=env.get("MLOPS_PROFILE", "embedded"),  # type: ignore[arg-type]
+            profile=profile,  # type: ignore[arg-type]
+            executor=env.get("MLOPS_EXECUTOR", "celery" if profile == "production" else "in_process"),  # type: ignore[arg-type]
+            celery_broker=env.get("MLOPS_CELERY_BROKER", "redis://127.0.0.1:6379/0"),
+            celery_backend=env.get("MLOPS_CELERY_BACKEND", "redis://127.0.0.1:6379/1"),
         )
 
     @property

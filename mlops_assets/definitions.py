@@ -34,22 +34,36 @@ TRAINING_ASSETS = [
 ]
 
 
+def build_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """The executor the profile asks for. Embedded: one process, because a day's steps are a few hundred
+    milliseconds each and a process per step would cost more than the work. Production: Celery workers
+    (`dagster-celery worker start -y deploy/celery.yaml`), which take the sweep off the daemon's machine."""
+    if settings.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": settings.celery_broker, "backend": settings.celery_backend}, name="celery"
+        )
+    if settings.executor == "multiprocess":
+        return dg.multiprocess_executor
+    return dg.in_process_executor
+
+
 def build_defs(settings: Settings) -> dg.Definitions:
     spec = load_spec(settings.spec_path)
     partitions = daily_partitions(spec)
-    # Light steps stay in one process: a daily tick is a few hundred milliseconds of real work per asset,
-    # and a process per step would cost more than the work.
+    executor = build_executor(settings)
     daily_job = dg.define_asset_job(
         "daily_job",
         selection=DAILY_ASSETS,
         partitions_def=partitions,
-        executor_def=dg.in_process_executor,
+        executor_def=executor,
         description="One day through ingestion, features, monitoring and batch predictions.",
     )
     retrain_job = dg.define_asset_job(
         RETRAIN_JOB,
         selection=TRAINING_ASSETS,
-        executor_def=dg.in_process_executor,
+        executor_def=executor,
         hooks={end_mlflow_on_run_finished},
         description="Training set, sweep, evaluation, registration and the promotion gate.",
         tags={"mlops/dataset": spec.name},
@@ -57,7 +71,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
     bootstrap_job = dg.define_asset_job(
         "bootstrap_job",
         selection=["lookup_tables", "baseline_model"],
-        executor_def=dg.in_process_executor,
+        executor_def=executor,
         description="Side tables into the feature store and a baseline champion, once before the first day.",
     )
     daily_schedule = dg.build_schedule_from_partitioned_job(
@@ -104,6 +118,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             schedules=[daily_schedule, weekly_retrain],
             sensors=[retrain_sensor],
             resources=build_resources(settings),
+            executor=executor,
         ),
     )
 

@@ -3,11 +3,6 @@ real S3-compatible server on loopback)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import pytest
 
 from mlops_assets.defs.resources import LakeResource
 from mlops_assets.storage.lake import Lake, LocalBackend
+from mlops_assets_tests.services import s3_server
 
 
 def frame(n: int = 5) -> pd.DataFrame:
@@ -42,24 +38,8 @@ def test_a_changed_file_fails_its_checksum(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with s3_server() as url:
+        yield url
 
 
 def test_s3_lake_through_dagster_aws(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
