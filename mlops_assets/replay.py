@@ -9,6 +9,7 @@ replay is deterministic and needs no server, but everything lands in DAGSTER_HOM
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_R
 RUN_KEY_TAG = "dagster/run_key"
 # Every event still goes to the instance (the UI shows it all); only the console is kept for warnings.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 SENSOR_TAG = "dagster/sensor_name"
 
 
@@ -148,6 +150,7 @@ def replay(
                 sensor_name=SENSOR_NAME,
                 resources={"spec": (defs.resources or {})["spec"]},
             )
+            ctx.log.setLevel(logging.WARNING)  # the decision goes to the summary and the bar, not a line a day
             result = sensor(ctx)
             assert isinstance(result, dg.SensorResult)
             cursor = result.cursor
