@@ -90,18 +90,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from mlops_assets.defs.registry.actions import RegistryActionError, approve
+    from mlops_assets.defs.registry.actions import RegistryActionError
+    from mlops_assets.defs.registry.jobs import run_registry_action
 
     settings = _settings(args)
     try:
-        print(
-            approve(
-                _registry(settings),
-                load_spec(settings.spec_path).model_name,
-                args.version,
-                actor=args.actor or getpass.getuser(),
-            )
-        )
+        # Through approve_job, like the UI's launchpad: the move is a run and lands in the champion's metadata.
+        config = {"version": args.version, "actor": args.actor or getpass.getuser()}
+        print(run_registry_action(settings, "approve_job", config))
     except RegistryActionError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -109,18 +105,13 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from mlops_assets.defs.registry.actions import RegistryActionError, rollback
+    from mlops_assets.defs.registry.actions import RegistryActionError
+    from mlops_assets.defs.registry.jobs import run_registry_action
 
     settings = _settings(args)
     try:
-        print(
-            rollback(
-                _registry(settings),
-                load_spec(settings.spec_path).model_name,
-                actor=args.actor or getpass.getuser(),
-                reason=args.reason,
-            )
-        )
+        config = {"reason": args.reason, "actor": args.actor or getpass.getuser()}
+        print(run_registry_action(settings, "rollback_job", config))
     except RegistryActionError as exc:
         print(exc, file=sys.stderr)
         return 1

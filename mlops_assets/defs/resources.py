@@ -148,6 +148,19 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
         return load_verified(info.model_uri, info.model_sha256, self.tracking_uri).model
 
+    def version_info(self, name: str, version: str) -> ChampionInfo | None:
+        """A registered version read like the champion, or None when the registry has no such version (a
+        mistyped version number must read as "unknown", not as a registry failure)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            if _missing(exc) or getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE":
+                return None
+            raise
+        return ChampionInfo(name, str(mv.version), str(mv.run_id), str(mv.source), dict(mv.tags))
+
     def history(self, name: str) -> list[dict[str, Any]]:
         from mlflow.exceptions import MlflowException
 
@@ -159,16 +172,29 @@ class ModelRegistryResource(dg.ConfigurableResource):
             raise
         return list(json.loads(raw)) if raw else []
 
-    def move_champion(self, name: str, version: str, *, reason: str, actor: str, data_day: str | None = None) -> None:
+    def move_champion(
+        self,
+        name: str,
+        version: str,
+        *,
+        reason: str,
+        actor: str,
+        data_day: str | None = None,
+        kind: str = "promote",
+    ) -> None:
         """Point the alias at `version` and append the move to the model's history (MLflow keeps no history
-        of aliases itself, and a rollback needs to know where the alias was before)."""
+        of aliases itself, and a rollback needs to know where the alias was before).
+
+        `kind` (baseline, promote, approve, rollback) lets a rollback tell a move forward from a move back.
+        The alias and its history are two registry writes: when the second fails, the alias is put back, so
+        a registry failure never leaves a champion that no history entry explains."""
         previous = self.champion(name)
-        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
         history = self.history(name)
         history.append(
             {
                 "version": str(version),
                 "previous": str(previous.version) if previous is not None else None,
+                "kind": kind,
                 "reason": reason,
                 "actor": actor,
                 "data_day": data_day,
@@ -180,7 +206,15 @@ class ModelRegistryResource(dg.ConfigurableResource):
         while len(payload) > 7500 and len(history) > 1:
             history = history[1:]
             payload = json.dumps(history)
-        self.client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, payload)
+        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+        try:
+            self.client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, payload)
+        except Exception:
+            if previous is not None:
+                self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(previous.version))
+            else:
+                self.client.delete_registered_model_alias(name, CHAMPION_ALIAS)
+            raise
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:

@@ -53,9 +53,27 @@ def code_version() -> str:
 
 
 def history_table(history: list[dict[str, Any]]) -> str:
+    """The champion's moves, newest first, as the table the UI shows on the champion asset."""
     if not history:
         return "no champion moves yet"
     return pd.DataFrame(history[::-1]).to_markdown(index=False)
+
+
+def champion_metadata(registry: ModelRegistryResource, model_name: str) -> dict[str, Any]:
+    """What every champion materialization carries, whoever moved the alias (the gate, an approval, a
+    rollback): the version in production and the history of moves, so the asset's page tells the whole story."""
+    now = registry.champion_info(model_name)
+    history = registry.history(model_name)
+    last = history[-1] if history else {}
+    return {
+        "champion_version": now.version if now else "none",
+        "champion_model_sha256": now.model_sha256 if now else "none",
+        "champion_holdout_metric": now.holdout_metric if now and now.holdout_metric is not None else float("nan"),
+        "last_move_kind": str(last.get("kind", "")),
+        "last_move_actor": str(last.get("actor", "")),
+        "last_move_reason": str(last.get("reason", "")),
+        "history": dg.MetadataValue.md(history_table(history)),
+    }
 
 
 def register_version(
@@ -144,6 +162,7 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
             str(mv.version),
             reason=f"baseline until a trained model ({fitted_on})",
             actor="baseline_model",
+            kind="baseline",
         )
         context.log.info(f"registered baseline v{mv.version} as champion ({fitted_on})")
         return dg.MaterializeResult(metadata={"registered": True, "version": str(mv.version), "fitted_on": fitted_on})
@@ -180,6 +199,17 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
             "mlops.training_dataset_key": training_dataset["key"],
             "mlops.training_dataset_sha256": training_dataset["sha256"],
             "mlops.training_as_of": training_dataset["as_of"],
+            # Everything `FeatureStore.training_frame` needs to rebuild the exact rows: the set is every label
+            # arrived by `as_of` (no lower bound yet), so `since` is recorded as null.
+            "mlops.training_window": json.dumps(
+                {
+                    "as_of": training_dataset["as_of"],
+                    "since": training_dataset.get("since"),
+                    "train": training_dataset["spans"].get("train"),
+                    "valid": training_dataset["spans"].get("valid"),
+                    "holdout": training_dataset["spans"].get("holdout"),
+                }
+            ),
             "mlops.training_spans": str(training_dataset["spans"]),
             "mlops.spec_hash": ds.spec_hash,
             "mlops.code_version": code_version(),
@@ -235,12 +265,25 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         before = registry.champion_info(ds.model_name)
         moved = False
         if gate["promote"] and gate["status"] != "pending_approval":
+            # Verify before the move, not after: a candidate whose artifact no longer matches its checksum
+            # fails this step and the alias stays where it was.
+            candidate = registry.version_info(ds.model_name, version)
+            if candidate is None:
+                raise dg.Failure(f"{ds.model_name} v{version} is not in the registry: the champion stays")
+            try:
+                registry.load_champion(candidate)
+            except Exception as exc:
+                raise dg.Failure(
+                    f"{ds.model_name} v{version} does not load: {exc}; the champion stays "
+                    f"v{before.version if before else '-'}"
+                ) from exc
             registry.move_champion(
                 ds.model_name,
                 version,
                 reason=gate["reason"],
                 actor=f"dagster run {context.run_id[:8]}",
                 data_day=context.run.tags.get("mlops/as_of"),
+                kind="promote",
             )
             moved = True
             context.log.info(f"champion moved to v{version}: {gate['reason']}")
@@ -255,15 +298,11 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
             passed, problem = False, str(exc)
         return dg.MaterializeResult(
             metadata={
-                "champion_version": now.version if now else "none",
+                **champion_metadata(registry, ds.model_name),
                 "moved": moved,
                 "candidate_version": version,
                 "gate": gate["status"],
                 "reason": gate["reason"],
-                "champion_holdout_metric": now.holdout_metric
-                if now and now.holdout_metric is not None
-                else float("nan"),
-                "history": dg.MetadataValue.md(history_table(registry.history(ds.model_name))),
             },
             check_results=[
                 dg.AssetCheckResult(check_name="champion_loads", passed=passed, metadata={"detail": problem})

@@ -1,0 +1,181 @@
+"""A person's approval and a rollback, through the real CLI, on a real retrain of the flights data.
+
+With `gate.require_approval: true` the first trained model (which beats the baseline) waits as pending;
+`mlops-assets approve` promotes it through `approve_job`, `mlops-assets rollback` moves the alias back through
+`rollback_job`; both record who and why, and the champion asset's latest materialization shows the history.
+The tests run in order on one module-scoped world, as a person would act on one registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import mlflow
+import pytest
+
+from mlops_assets.cli import main as cli_main
+from mlops_assets.config import Settings
+from mlops_assets.definitions import build_defs
+from mlops_assets.defs.monitoring.sensors import training_run_config
+from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
+from mlops_assets.replay import QUIET
+from mlops_assets_tests.conftest import fast_flights_spec
+
+FIRST_DAY = dt.date(2013, 1, 1)
+AS_OF = dt.date(2013, 1, 9)
+INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
+MODEL = "flights_model"
+
+
+@dataclass
+class World:
+    settings: Settings
+    registry: ModelRegistryResource
+    baseline: str
+    challenger: str
+
+
+def champion_version(world: World) -> str:
+    info = world.registry.champion_info(MODEL)
+    assert info is not None
+    return info.version
+
+
+def champion_event_metadata() -> dict[str, Any]:
+    """The newest materialization of the champion asset, as the UI's asset page shows it."""
+    with dg.DagsterInstance.get() as instance:
+        ev = instance.get_latest_materialization_event(dg.AssetKey("champion"))
+    assert ev is not None and ev.asset_materialization is not None
+    return {k: getattr(v, "value", v) for k, v in ev.asset_materialization.metadata.items()}
+
+
+def last_run(job: str) -> dg.DagsterRun:
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job), limit=1)
+    assert runs, f"no {job} run"
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("approve")
+    data = tmp / "data"
+    (data / "dagster_home").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_TRACKING_URI", "MLOPS_LAKE_URI", "MLOPS_DUCKDB_PATH", "MLOPS_PROFILE"):
+            mp.delenv(var, raising=False)
+        mp.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT", raising=False)
+        mp.setenv("MLOPS_DATA_DIR", str(data))
+        mp.setenv("DAGSTER_HOME", str(data / "dagster_home"))
+        mp.setenv("MLOPS_SPEC", str(fast_flights_spec(tmp, gate={"require_approval": True})))
+        settings = Settings.from_env()
+        defs = build_defs(settings)
+        registry = ModelRegistryResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        )
+        with dg.DagsterInstance.get() as instance:
+            defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
+            baseline = registry.champion_info(MODEL)
+            assert baseline is not None and baseline.is_baseline
+            daily = defs.resolve_job_def("daily_job")
+            for i in range((AS_OF - FIRST_DAY).days + 1):
+                day = (FIRST_DAY + dt.timedelta(days=i)).isoformat()
+                res = daily.execute_in_process(
+                    instance=instance, partition_key=day, asset_selection=INGEST, run_config=QUIET
+                )
+                assert res.success, day
+            res = defs.resolve_job_def("retrain_job").execute_in_process(
+                instance=instance, run_config={**training_run_config(AS_OF, "manual"), **QUIET}
+            )
+            mlflow.end_run()
+        assert res.success
+        challenger = res.output_for_node("registered_model_version")["version"]
+        yield World(settings, registry, baseline.version, str(challenger))
+
+
+def test_a_better_challenger_waits_as_pending_and_the_champion_stays(world: World) -> None:
+    mv = world.registry.client.get_model_version(MODEL, world.challenger)
+    assert mv.tags["mlops.gate"] == "pending_approval"
+    assert "waiting for a person's approval" in mv.tags["mlops.gate_reason"]
+    assert champion_version(world) == world.baseline
+    md = champion_event_metadata()
+    assert md["moved"] is False and md["gate"] == "pending_approval" and md["champion_version"] == world.baseline
+
+
+def test_approving_an_unknown_or_not_pending_version_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.registry.client.get_registered_model(MODEL).tags[CHAMPION_HISTORY_TAG]
+    assert cli_main(["approve", "999", "--actor", "alice"]) == 1
+    assert "has no version '999'" in capsys.readouterr().err
+    assert cli_main(["approve", world.baseline, "--actor", "alice"]) == 1
+    assert "not waiting for approval (gate: first_model)" in capsys.readouterr().err
+    assert champion_version(world) == world.baseline
+    assert world.registry.client.get_registered_model(MODEL).tags[CHAMPION_HISTORY_TAG] == history
+
+
+def test_approve_promotes_the_pending_version_and_records_the_actor(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["approve", world.challenger, "--actor", "alice"]) == 0
+    assert f"champion is now v{world.challenger} (approved by alice)" in capsys.readouterr().out
+    assert champion_version(world) == world.challenger
+    tags = world.registry.client.get_model_version(MODEL, world.challenger).tags
+    assert tags["mlops.gate"] == "approved" and tags["mlops.approved_by"] == "alice"
+    move = world.registry.history(MODEL)[-1]
+    assert (move["version"], move["previous"], move["kind"], move["actor"]) == (
+        world.challenger,
+        world.baseline,
+        "approve",
+        "alice",
+    )
+    # The CLI went through approve_job: a run in the UI, and a champion materialization with the history.
+    run = last_run("approve_job")
+    assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["mlops/actor"] == "alice"
+    md = champion_event_metadata()
+    assert md["champion_version"] == world.challenger and md["last_move_actor"] == "alice"
+    assert md["last_move_kind"] == "approve" and "alice" in md["history"]
+    # Approving it again is refused: it is no longer pending.
+    assert cli_main(["approve", world.challenger]) == 1
+    assert "not waiting for approval (gate: approved)" in capsys.readouterr().err
+
+
+def test_rollback_moves_the_alias_back_and_records_who_and_why(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = "late flights under-predicted at EWR"
+    assert cli_main(["rollback", "--reason", reason, "--actor", "bob"]) == 0
+    assert f"rolled back from v{world.challenger} to v{world.baseline}" in capsys.readouterr().out
+    assert champion_version(world) == world.baseline
+    assert world.registry.client.get_model_version(MODEL, world.challenger).tags["mlops.gate"] == "rolled_back"
+    move = world.registry.history(MODEL)[-1]
+    assert (move["version"], move["previous"], move["kind"], move["actor"]) == (
+        world.baseline,
+        world.challenger,
+        "rollback",
+        "bob",
+    )
+    assert reason in move["reason"]
+    assert last_run("rollback_job").status == dg.DagsterRunStatus.SUCCESS
+    md = champion_event_metadata()
+    assert md["champion_version"] == world.baseline and md["last_move_kind"] == "rollback"
+    assert md["last_move_actor"] == "bob" and reason in md["last_move_reason"]
+    # The history of moves, newest first: the rollback, the approval, the baseline.
+    rows = [line for line in md["history"].splitlines() if line.startswith("|")][2:]
+    assert [r.split("|")[1].strip() for r in rows] == [world.baseline, world.challenger, world.baseline]
+
+
+def test_a_second_rollback_does_not_undo_the_first(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """The baseline never had a champion before it: there is nothing further back to go to. (Reading the
+    last move to the current version blindly would find the rollback itself and go forward again.)"""
+    history = json.dumps(world.registry.history(MODEL))
+    assert cli_main(["rollback", "--reason", "again", "--actor", "bob"]) == 1
+    assert f"v{world.baseline} has no earlier champion" in capsys.readouterr().err
+    assert champion_version(world) == world.baseline
+    assert json.dumps(world.registry.history(MODEL)) == history
+    assert last_run("rollback_job").status == dg.DagsterRunStatus.FAILURE, "the refusal is visible in the UI"

@@ -1,0 +1,217 @@
+"""From a registered version back to exactly the data and code that made it, on the real flights data.
+
+One module-scoped world: a baseline champion, nine real days of January 2013 through ingestion and the
+feature store, one real `retrain_job` (its first trained model becomes the champion), then two more days
+ingested, so the training set is rebuilt from a store that has moved on since, as it would in production.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlops_assets.cli import main as cli_main
+from mlops_assets.config import PROJECT_ROOT, Settings, load_spec
+from mlops_assets.definitions import build_defs
+from mlops_assets.defs.monitoring.sensors import training_run_config
+from mlops_assets.defs.registry.assets import code_version
+from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
+from mlops_assets.replay import QUIET
+from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.lake import frame_to_parquet, sha256
+from mlops_assets.storage.models import ArtifactIntegrityError, artifact_digest, load_verified
+from mlops_assets_tests.conftest import fast_flights_spec
+
+FIRST_DAY = dt.date(2013, 1, 1)
+TRAIN_AS_OF = dt.date(2013, 1, 9)
+LATER_DAYS = [dt.date(2013, 1, 10), dt.date(2013, 1, 11)]
+INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
+MODEL = "flights_model"
+
+
+@dataclass
+class World:
+    settings: Settings
+    registry: ModelRegistryResource
+    champion: ChampionInfo
+    baseline_version: str
+    retrain_run_id: str
+
+
+def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[dt.date]) -> None:
+    """Only what training reads (raw rows, labels, features): monitoring and serving are not under test."""
+    daily = defs.resolve_job_def("daily_job")
+    for day in days:
+        res = daily.execute_in_process(
+            instance=instance, partition_key=day.isoformat(), asset_selection=INGEST, run_config=QUIET
+        )
+        assert res.success, day
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("lineage")
+    data = tmp / "data"
+    (data / "dagster_home").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_TRACKING_URI", "MLOPS_LAKE_URI", "MLOPS_DUCKDB_PATH", "MLOPS_PROFILE"):
+            mp.delenv(var, raising=False)
+        mp.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT", raising=False)
+        mp.setenv("MLOPS_DATA_DIR", str(data))
+        mp.setenv("DAGSTER_HOME", str(data / "dagster_home"))
+        mp.setenv("MLOPS_SPEC", str(fast_flights_spec(tmp)))
+        settings = Settings.from_env()
+        defs = build_defs(settings)
+        registry = ModelRegistryResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        )
+        with dg.DagsterInstance.get() as instance:
+            defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
+            baseline = registry.champion_info(MODEL)
+            assert baseline is not None and baseline.is_baseline
+            days = [FIRST_DAY + dt.timedelta(days=i) for i in range((TRAIN_AS_OF - FIRST_DAY).days + 1)]
+            ingest(defs, instance, days)
+            res = defs.resolve_job_def("retrain_job").execute_in_process(
+                instance=instance, run_config={**training_run_config(TRAIN_AS_OF, "manual"), **QUIET}
+            )
+            mlflow.end_run()
+            assert res.success
+            champion = registry.champion_info(MODEL)
+            assert champion is not None and not champion.is_baseline, "the first trained model beats the baseline"
+            ingest(defs, instance, LATER_DAYS)
+            yield World(settings, registry, champion, baseline.version, res.run_id)
+
+
+def test_the_training_set_is_rebuilt_from_the_version_tags_alone(world: World) -> None:
+    tags = world.registry.client.get_model_version(MODEL, world.champion.version).tags
+    window = json.loads(tags["mlops.training_window"])
+    as_of = dt.date.fromisoformat(tags["mlops.training_as_of"])
+    since = dt.date.fromisoformat(window["since"]) if window["since"] else None
+    assert as_of == TRAIN_AS_OF and window["as_of"] == TRAIN_AS_OF.isoformat()
+    spec = load_spec(world.settings.spec_path)
+    assert tags["mlops.spec_hash"] == spec.spec_hash, "the spec in force is the one that trained it"
+
+    # The store has two more days of rows and labels than when the model was trained; an as-of rebuild
+    # must still give the exact same bytes.
+    rebuilt = FeatureStore(world.settings.duckdb_path, spec).training_frame(as_of, since)
+    assert rebuilt["event_day"].max().date() < as_of and rebuilt["arrival_day"].max().date() <= as_of
+    assert sha256(frame_to_parquet(rebuilt)) == tags["mlops.training_dataset_sha256"]
+    stored = Path(world.settings.lake_uri) / tags["mlops.training_dataset_key"]
+    assert sha256(stored.read_bytes()) == tags["mlops.training_dataset_sha256"]
+
+    # Code: the commit this checkout runs (with -dirty while edits are uncommitted).
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert tags["mlops.code_version"] == code_version()
+    if head.returncode == 0:
+        assert tags["mlops.code_version"].startswith(head.stdout.strip())
+
+    # The Dagster run that made it is in the instance, with the as-of it was given.
+    assert tags["mlops.dagster_run_id"] == world.retrain_run_id
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(tags["mlops.dagster_run_id"])
+    assert run is not None and run.job_name == "retrain_job" and run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.run_config["ops"]["training_dataset"]["config"]["as_of"] == TRAIN_AS_OF.isoformat()
+
+
+def test_the_version_has_a_signature_an_input_example_and_its_metrics(world: World) -> None:
+    spec = load_spec(world.settings.spec_path)
+    mlflow.set_tracking_uri(world.settings.mlflow_tracking_uri)
+    info = mlflow.models.get_model_info(world.champion.model_uri)
+    assert info.signature is not None
+    assert info.signature.inputs.input_names() == spec.feature_names
+    assert info.saved_input_example_info is not None
+    example = info.load_input_example() if hasattr(info, "load_input_example") else None
+    if example is None:
+        example = mlflow.models.Model.load(world.champion.model_uri).load_input_example()
+    assert list(example.columns) == spec.feature_names and len(example) > 0
+    tags = world.champion.tags
+    assert 0.5 < float(tags["mlops.holdout_metric"]) < 1.0 and 0.5 < float(tags["mlops.valid_metric"]) < 1.0
+    assert tags["mlops.metric"] == spec.metric and tags["mlops.gate"] == "first_model"
+    assert tags["mlops.model_sha256"] == artifact_digest(world.champion.model_uri, world.settings.mlflow_tracking_uri)
+
+
+def test_the_sweep_and_every_trial_are_mlflow_runs_with_params_metrics_and_cost(world: World) -> None:
+    client = MlflowClient(tracking_uri=world.settings.mlflow_tracking_uri)
+    version = client.get_model_version(MODEL, world.champion.version)
+    sweep_id = version.tags["mlops.sweep_run_id"]
+    assert version.run_id == sweep_id
+    sweep = client.get_run(sweep_id)
+    assert sweep.data.tags["dagster_run_id"] == world.retrain_run_id
+    assert sweep.data.params["as_of"] == TRAIN_AS_OF.isoformat()
+    assert version.tags["mlops.training_dataset_sha256"].startswith(sweep.data.params["dataset_sha256"])
+    for metric in ("best_roc_auc", "sweep_cpu_seconds", "sweep_wall_seconds"):
+        assert metric in sweep.data.metrics, metric
+    assert sweep.data.metrics["sweep_wall_seconds"] > 0
+
+    trials = client.search_runs(
+        [sweep.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{sweep_id}'", max_results=100
+    )
+    space = load_spec(world.settings.spec_path).search
+    assert len(trials) == space["trials"]
+    for t in trials:
+        assert t.data.params["family"] in space["families"]
+        assert t.data.tags["state"] in ("complete", "pruned", "failed")
+        assert t.data.tags["dataset_sha256"] == version.tags["mlops.training_dataset_sha256"]
+        assert {"wall_seconds", "cpu_seconds", "n_train"} <= set(t.data.metrics)
+        assert t.data.metrics["wall_seconds"] >= 0 and t.data.metrics["cpu_seconds"] >= 0
+    complete = [t for t in trials if t.data.tags["state"] == "complete"]
+    assert complete and all("roc_auc" in t.data.metrics for t in complete)
+    best = max(t.data.metrics["roc_auc"] for t in complete)
+    assert sweep.data.metrics["best_roc_auc"] == pytest.approx(best)
+
+
+def _stored_model_file(world: World, version: str) -> Path:
+    """The serialized estimator as it sits in the artifact store (what a bad copy or a tampered bucket
+    would change)."""
+    uri = world.registry.client.get_model_version_download_uri(MODEL, version)
+    root = Path(uri.removeprefix("file://"))
+    files = list(root.rglob("*.skops"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def _flip_a_byte(path: Path) -> bytes:
+    original = path.read_bytes()
+    middle = len(original) // 2
+    path.write_bytes(original[:middle] + bytes([original[middle] ^ 0xFF]) + original[middle + 1 :])
+    return original
+
+
+def test_a_tampered_artifact_is_refused_before_it_is_loaded_and_the_champion_stays(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    champ = world.champion
+    tracking = world.settings.mlflow_tracking_uri
+    path = _stored_model_file(world, champ.version)
+    original = _flip_a_byte(path)
+    try:
+        load_verified.cache_clear()  # a fresh process: nothing verified earlier is held in memory
+        with pytest.raises(ArtifactIntegrityError, match=r"does not match .* recorded at registration; refusing"):
+            load_verified(champ.model_uri, champ.model_sha256, tracking)
+    finally:
+        path.write_bytes(original)
+    load_verified.cache_clear()
+    assert load_verified(champ.model_uri, champ.model_sha256, tracking).sha256 == champ.model_sha256
+
+    # A damaged earlier version cannot be brought back by a rollback: refused, and the champion stays.
+    baseline_path = _stored_model_file(world, world.baseline_version)
+    original = _flip_a_byte(baseline_path)
+    try:
+        load_verified.cache_clear()
+        code = cli_main(["rollback", "--reason", "test a damaged target", "--actor", "tester"])
+    finally:
+        baseline_path.write_bytes(original)
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot become champion" in err and "refusing to load it" in err
+    after = world.registry.champion_info(MODEL)
+    assert after is not None and (after.version, after.model_sha256) == (champ.version, champ.model_sha256)
+    assert world.registry.history(MODEL)[-1]["version"] == champ.version
