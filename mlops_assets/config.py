@@ -139,6 +139,9 @@ class PolicySpec(_Strict):
     max_per_week: int = Field(default=2, ge=1)
     max_report_age_days: int = Field(default=2, ge=0)
     bootstrap_min_rows: int = Field(default=20000, ge=1)
+    # A training run that has reported nothing for this long is dead (a killed process cannot say so): it no
+    # longer blocks the next retrain. The run monitor in dagster.yaml fails such runs too.
+    stale_run_hours: float = Field(default=6.0, gt=0)
 
 
 class TrainingSpec(_Strict):

@@ -36,6 +36,7 @@ class RetrainPolicy:
     max_per_week: int = 2
     max_report_age_days: int = 2  # reports older than this (vs the newest data day) are stale -> skip
     bootstrap_min_rows: int = 20000  # with no trained champion yet, train once this many labelled rows exist
+    stale_run_hours: float = 6.0  # a run silent this long is dead and no longer counts as in flight
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,11 @@ IN_FLIGHT = [
 REPORTS = {"drift": "drift_report", "decay": "performance_report"}
 
 
+def _aware(ts: dt.datetime) -> dt.datetime:
+    """Run records carry naive UTC timestamps in SQLite and aware ones in PostgreSQL."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)
+
+
 def policy_from_spec(spec: DatasetSpec) -> RetrainPolicy:
     return RetrainPolicy(**spec.policy.model_dump())
 
@@ -67,11 +72,20 @@ def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, l
 
 
 def policy_state(
-    instance: dg.DagsterInstance, spec: DatasetSpec, today: dt.date, champion_is_baseline: bool
+    instance: dg.DagsterInstance,
+    spec: DatasetSpec,
+    today: dt.date,
+    champion_is_baseline: bool,
+    now: dt.datetime | None = None,
 ) -> PolicyState:
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={TAG_DATASET: spec.name}))
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={TAG_DATASET: spec.name}))
+    runs = [r.dagster_run for r in records]
     days = sorted(dt.date.fromisoformat(r.tags[TAG_AS_OF]) for r in runs if TAG_AS_OF in r.tags)
-    in_flight = any(r.status in IN_FLIGHT for r in runs)
+    # A killed training process leaves its run STARTED for ever; one silent for stale_run_hours is dead and must
+    # not block every later retrain.
+    now = now or dt.datetime.now(dt.UTC)
+    horizon = now - dt.timedelta(hours=spec.policy.stale_run_hours)
+    in_flight = any(rec.dagster_run.status in IN_FLIGHT and _aware(rec.update_timestamp) >= horizon for rec in records)
     last_rows = max((int(r.tags.get(TAG_LABELLED, 0)) for r in runs), default=0)
     latest_labels = instance.get_latest_materialization_event(dg.AssetKey("labels"))
     total = 0

@@ -214,3 +214,25 @@ def test_weekly_schedule_trains_as_of_the_newest_labels_and_counts_for_the_cool_
     after = tick(instance, spec_res, None)
     reason = after.skip_reason.skip_message if after.skip_reason else ""
     assert not after.run_requests and ("cool-down" in reason or "weekly ceiling" in reason), reason
+
+
+def test_a_run_killed_long_ago_no_longer_blocks_retraining(instance, spec_res) -> None:
+    """A SIGKILLed training process cannot mark its run failed; after stale_run_hours it is treated as dead."""
+    import datetime as dt
+
+    from mlops_assets.defs.monitoring.sensors import policy_state
+
+    report(instance, "2013-02-01", labelled=30000, drift=0.9)
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=RETRAIN_JOB,
+            run_id=make_new_run_id(),
+            tags={"mlops/dataset": "flights", TAG_AS_OF: "2013-01-02"},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+    )
+    ds = spec_res.get()
+    day = dt.date(2013, 2, 1)
+    assert policy_state(instance, ds, day, False).run_in_flight
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=ds.policy.stale_run_hours + 1)
+    assert not policy_state(instance, ds, day, False, now=later).run_in_flight
