@@ -43,7 +43,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def on_day(rec: object) -> None:
         bar.update(1)
         bar.set_postfix_str(
-            f"{rec.day} drift={rec.drift_share if rec.drift_share is not None else '-'} "  # type: ignore[attr-defined]
+            f"{rec.day} drift={'-' if rec.drift_share is None else f'{rec.drift_share:.2f}'} "  # type: ignore[attr-defined]
             f"champion=v{rec.champion_version}"  # type: ignore[attr-defined]
         )
         if rec.retrain:  # type: ignore[attr-defined]
