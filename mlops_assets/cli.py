@@ -126,6 +126,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from mlops_assets.datasets.quarantine import run_cli
+
+    settings = _settings(args)
+    return run_cli(
+        settings, args.action, args.day, out=args.out, fixed=args.file, run=not args.no_run, limit=args.limit
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlops-assets", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -169,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the alias")
     sv.set_defaults(func=cmd_serve)
+    q = sub.add_parser("quarantine", help="list the rows a day refused, with reasons; replay them after a fix")
+    common(q)
+    q.add_argument("action", choices=["list", "replay"])
+    q.add_argument("day", nargs="?", help="YYYY-MM-DD (list: every day if omitted)")
+    q.add_argument("--out", help="list: write the rows as CSV, to fix and replay")
+    q.add_argument("--file", help="replay: the fixed rows (CSV from `list --out`); default: the rows as they are")
+    q.add_argument("--no-run", action="store_true", help="replay: only stage the rows; do not run the day")
+    q.add_argument("--limit", type=int, default=20, help="list: rows to print")
+    q.set_defaults(func=cmd_quarantine)
     return p
 
 

@@ -61,6 +61,9 @@ class ColumnRule(_Strict):
     min: float | None = None
     max: float | None = None
     values: list[str] | None = None
+    # Share of a day's rows that may be null before the day is blocked as a broken delivery (default: 0.5 for
+    # non-nullable columns, no limit for nullable ones); fewer nulls are quarantined row by row.
+    max_null_share: float | None = Field(default=None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _range(self) -> ColumnRule:

@@ -3,23 +3,94 @@
 Every reader answers one question, "which rows belong to this day?", by evaluating the spec's event-time
 expression in DuckDB, so the file layout (one file a day, many, or one file for the whole history) never
 matters to the rest of the pipeline.
+
+Folder and file sources are *streamed*: a CSV is parsed block by block by pyarrow with every column as raw
+bytes (so a value that is not UTF-8, or not a number, costs only its row, never the file), a Parquet file is
+scanned by DuckDB; DuckDB evaluates the event time over each block and only the day's rows are kept. A 2 GB
+drop therefore costs a few blocks of memory, not 2 GB (see `benchmarks/big_file.py`). The package source
+keeps a per-process day index instead: its file never changes and a replay asks it for 365 days.
+
+One time rule everywhere: a timestamp without a zone is UTC, one with a zone is converted to UTC, and an
+event's day is the UTC calendar day of the spec's event time. A row belongs to the day of its event time,
+whatever file it arrived in; a row whose event time cannot be computed, or falls outside the dataset's days,
+belongs to no day and is quarantined (as an "orphan") by every run that reads its file, idempotently.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
+import hashlib
 import importlib.util
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from mlops_assets.config import DatasetSpec, SourceSpec
+
+TIMEZONE = "UTC"
+SOURCE_FILE_COLUMN = "_source_file"
+SOURCE_ROW_COLUMN = "_source_row"  # 1 = the first data row of the file (the header is not counted)
+EVENT_TIME_COLUMN = "_event_time"  # the spec's event time, naive UTC
+DECODE_ERROR_COLUMN = "_decode_error"  # set when a value's bytes are not UTF-8
+RAW_LINE_COLUMN = "_raw_line"  # a CSV line that could not be split into the header's fields
+META_COLUMNS = (SOURCE_FILE_COLUMN, SOURCE_ROW_COLUMN, EVENT_TIME_COLUMN, DECODE_ERROR_COLUMN)
+BLOCK_BYTES = 1 << 20  # CSV block parsed at a time; pyarrow reads ahead a few dozen blocks, so keep them small
+
+_DUCK_TYPES = {
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "string": "VARCHAR",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMPTZ",
+    "date": "DATE",
+}
 
 
 class SourceError(RuntimeError):
     """The source itself cannot be read (missing file, unreadable bytes); names the file."""
+
+
+@dataclass
+class SourceFile:
+    """One file a run read: enough to find its byte-for-byte copy again and to explain an empty day."""
+
+    path: str
+    sha256: str
+    size: int
+    rows: int = 0  # data rows in the whole file (all days)
+    columns: list[str] = field(default_factory=list)
+    note: str = ""  # "empty file (0 bytes)", "header only", "unreadable: ..."
+
+    def describe(self) -> str:
+        what = self.note or f"{self.rows} rows"
+        return f"{self.path} ({what})"
+
+
+@dataclass
+class Delivery:
+    """What the source holds for one day: its rows as delivered, the files read, the rows of those files
+    that belong to no day (with the reason), and file-level problems (each blocks the day)."""
+
+    day: dt.date
+    rows: pd.DataFrame
+    files: list[SourceFile]
+    orphans: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def file_columns(self) -> dict[str, list[str]]:
+        return {f.path: f.columns for f in self.files}
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -52,8 +123,23 @@ def _read_cached(path: str, mtime: float) -> pd.DataFrame:
 
 
 def read_source_file(path: Path) -> pd.DataFrame:
-    """Whole-file read, cached per process: a replay asks the same shipped file for 365 days."""
+    """Whole-file read, cached per process: for side tables and the shipped package file only."""
     return _read_cached(str(path), path.stat().st_mtime)
+
+
+@lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed, cached per (path, size, mtime): a 2 GB drop is hashed once per process."""
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
 
 
 def source_files(source: SourceSpec) -> list[Path]:
@@ -62,7 +148,10 @@ def source_files(source: SourceSpec) -> list[Path]:
         return [package_file(source.package, source.path)]
     if source.kind == "file":
         assert source.path
-        return [Path(source.path)]
+        path = Path(source.path)
+        if not path.is_file():
+            raise SourceError(f"{path}: the source file does not exist")
+        return [path]
     if source.kind == "folder":
         assert source.path
         folder = Path(source.path)
@@ -80,57 +169,310 @@ def read_table(source: SourceSpec) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def rows_for_day(spec: DatasetSpec, day: dt.date, frames: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """The rows of `day` across every file, as delivered (no casting), with the file each came from.
+# --- the event time, evaluated by DuckDB over a block of rows --------------------------------------------------
 
-    Rows whose event time cannot be computed are kept (with a null event time) only if they came from a
-    file named for the day; the validator then quarantines them with the reason.
-    """
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def event_time_sql(spec: DatasetSpec, columns: list[str], table: str) -> str:
+    """SELECT the row number and the event time (naive UTC) of every row of `table`.
+
+    The spec's expression is written over typed columns (`make_timestamp(year, ...)`), but a CSV arrives as
+    text: each schema column is TRY_CAST to its type first, so a bad value makes that row's event time NULL
+    (the row is quarantined) instead of failing the file. TRY() does the same for a value the expression
+    itself rejects (month 13)."""
+    typed = [
+        f"TRY_CAST({_quote(c)} AS {_DUCK_TYPES[spec.schema_[c].type]}) AS {_quote(c)}"
+        if c in spec.schema_
+        else _quote(c)
+        for c in columns
+        if c != SOURCE_ROW_COLUMN
+    ]
+    inner = ", ".join([*typed, _quote(SOURCE_ROW_COLUMN)])
+    return (
+        f"SELECT {_quote(SOURCE_ROW_COLUMN)}, CAST(TRY({spec.event_time}) AS TIMESTAMP) AS {EVENT_TIME_COLUMN} "
+        f"FROM (SELECT {inner} FROM {table})"
+    )
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    parts = []
-    for name, df in frames:
-        if df.empty:
-            continue
-        con.register("src", df)
-        try:
-            sel = con.execute(f"SELECT * FROM src WHERE CAST(({spec.event_time}) AS DATE) = ?", [day]).df()
-        except duckdb.Error as exc:
-            raise SourceError(f"{name}: the spec's event_time expression fails on this file: {exc}") from exc
-        finally:
-            con.unregister("src")
-        if not sel.empty:
-            sel["_source_file"] = name
-            parts.append(sel)
-    con.close()
+    con.execute(f"SET TimeZone = '{TIMEZONE}'")
+    con.execute("SET threads = 1")  # one block at a time; the CSV parser already uses the cores
+    return con
+
+
+def _missing_for_expression(spec: DatasetSpec, columns: list[str]) -> list[str]:
+    return [c for c in spec.schema_ if c not in columns and c in spec.event_time]
+
+
+# --- streaming a file block by block ----------------------------------------------------------------------
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith(".zip"):
+        zf = zipfile.ZipFile(path)
+        members = [n for n in zf.namelist() if not n.endswith("/")]
+        if len(members) != 1:
+            raise SourceError(f"{path}: a zipped CSV must hold exactly one file, found {len(members)}")
+        return zf.open(members[0])
+    return open(path, "rb")
+
+
+def _decode_column(name: str, col: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, list[str | None]]:
+    """Bytes to text. Valid UTF-8 (the usual case) is one vectorised cast; otherwise each bad value is decoded
+    with its bytes escaped (b'caf\\xe9' -> 'caf\\\\xe9') and the row gets a reason naming the byte offset."""
+    try:
+        return pc.cast(col, pa.string()), []
+    except pa.ArrowInvalid:
+        values: list[str | None] = []
+        errors: list[str | None] = []
+        for v in col.to_pylist():
+            if v is None:
+                values.append(None)
+                errors.append(None)
+                continue
+            try:
+                values.append(v.decode("utf-8"))
+                errors.append(None)
+            except UnicodeDecodeError as exc:
+                values.append(v.decode("utf-8", errors="backslashreplace"))
+                errors.append(
+                    f"{name}: not valid UTF-8 (byte 0x{v[exc.start]:02x} at offset {exc.start} of the value; "
+                    "rule: text is UTF-8)"
+                )
+        return pa.array(values, pa.string()), errors
+
+
+def _csv_batches(path: Path, ragged: list[dict[str, object]]) -> Iterator[pa.Table]:
+    """The CSV as tables of text columns plus `_decode_error`, one parsed block at a time."""
+    with _open_bytes(path) as fh:
+        header_line = fh.readline()
+    try:
+        header = next(csv.reader([header_line.decode("utf-8-sig")]), [])
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: the header line is not UTF-8 (byte offset {exc.start})") from exc
+    header = [h.strip() for h in header]
+    if not header:
+        return
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        """A row with the wrong number of fields (a cut last line, an unquoted comma) has no columns to check:
+        it is kept whole, as its line of text, among the rows of no day."""
+        line = f"line {row.number}" if row.number else "a line"
+        ragged.append(
+            {
+                RAW_LINE_COLUMN: row.text,
+                "_reason": f"{line} has {row.actual_columns} fields, the header has {row.expected_columns} "
+                "(rule: every row has the header's fields)",
+            }
+        )
+        return "skip"
+
+    stream = _open_bytes(path)
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=BLOCK_BYTES, use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={h: pa.binary() for h in header}, strings_can_be_null=True
+            ),
+        )
+        for batch in reader:
+            cols: list[pa.Array] = []
+            errors: list[str | None] = [None] * batch.num_rows
+            for name, col in zip(header, batch.columns, strict=True):
+                text, errs = _decode_column(name, col)
+                cols.append(text)
+                for i, e in enumerate(errs):
+                    if e is not None:
+                        errors[i] = e if errors[i] is None else f"{errors[i]} | {e}"
+            table = pa.Table.from_arrays(cols, names=header)
+            yield table.append_column(DECODE_ERROR_COLUMN, pa.array(errors, pa.string()))
+    except pa.ArrowInvalid as exc:
+        raise SourceError(f"{path}: cannot be parsed as CSV: {exc}") from exc
+    finally:
+        stream.close()
+
+
+def _parquet_batches(path: Path) -> Iterator[pa.Table]:
+    con = _connect()
+    try:
+        reader = con.sql("SELECT * FROM read_parquet($p)", params={"p": str(path)}).to_arrow_reader(100_000)
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(f"{path}: cannot be read as Parquet (truncated or not Parquet?): {first}") from exc
+    finally:
+        con.close()
+
+
+def _batches(path: Path, ragged: list[dict[str, object]]) -> Iterator[pa.Table]:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return _parquet_batches(path)
+    if name.endswith((".csv", ".csv.gz", ".csv.zip")):
+        return _csv_batches(path, ragged)
+    raise SourceError(f"{path}: unsupported file type (expected .csv, .csv.gz, .csv.zip or .parquet)")
+
+
+def _orphan_reason(spec: DatasetSpec, when: pd.Timestamp | None) -> str:
+    if when is None or pd.isna(when):
+        return f"event time cannot be computed (event_time: {spec.event_time}; a value is missing or invalid)"
+    return (
+        f"event time {when} is outside the dataset's days {spec.replay.start}..{spec.replay.end} "
+        "(rule: replay window; UTC)"
+    )
+
+
+def scan_file(spec: DatasetSpec, path: Path, day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame, SourceFile]:
+    """(the day's rows, the rows of no day with their reason, what the file is) in one streamed pass.
+
+    Raises SourceError naming the file when the file cannot be read or its event time cannot be computed at
+    all (a column the expression needs is missing): then no day can know which of its rows are its own."""
+    size = path.stat().st_size
+    info = SourceFile(path=str(path), sha256=file_sha256(path), size=size)
+    if size == 0:
+        info.note = "empty file (0 bytes)"
+        return pd.DataFrame(), pd.DataFrame(), info
+    con = _connect()
+    day_parts: list[pa.Table] = []
+    orphan_parts: list[pa.Table] = []
+    offset = 0
+    ragged: list[dict[str, object]] = []
+    try:
+        for table in _batches(path, ragged):
+            if not info.columns:
+                info.columns = [c for c in table.column_names if c != DECODE_ERROR_COLUMN]
+            n = table.num_rows
+            if n == 0:
+                continue
+            table = table.append_column(SOURCE_ROW_COLUMN, pa.array(range(offset + 1, offset + n + 1), pa.int64()))
+            offset += n
+            con.register("block", table)
+            try:
+                times = con.sql(event_time_sql(spec, table.column_names, "block")).to_arrow_table()
+            except duckdb.Error as exc:
+                missing = _missing_for_expression(spec, info.columns)
+                hint = f"; column(s) {missing} are missing (rule: schema lists them)" if missing else ""
+                raise SourceError(
+                    f"{path}: the spec's event_time `{spec.event_time}` cannot be computed on this file{hint}: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from exc
+            finally:
+                con.unregister("block")
+            et = times.column(EVENT_TIME_COLUMN)
+            days = pc.cast(et, pa.date32())
+            on_day = pc.fill_null(pc.equal(days, pa.scalar(day, pa.date32())), False)
+            outside = pc.or_(
+                pc.less(days, pa.scalar(spec.replay.start, pa.date32())),
+                pc.greater(days, pa.scalar(spec.replay.end, pa.date32())),
+            )
+            orphan = pc.fill_null(outside, True)
+            with_time = table.append_column(EVENT_TIME_COLUMN, et)
+            if pc.any(on_day).as_py():
+                day_parts.append(with_time.filter(on_day))
+            if pc.any(orphan).as_py():
+                orphan_parts.append(with_time.filter(orphan))
+    finally:
+        con.close()
+    info.rows = offset
+    if offset == 0 and not info.note:
+        info.note = "header only, 0 rows"
+    orphans = _frame(orphan_parts, path, spec)
+    if ragged:
+        from mlops_assets.datasets.validate import REASON_COLUMN
+
+        bad = pd.DataFrame(ragged).rename(columns={"_reason": REASON_COLUMN}).assign(**{SOURCE_FILE_COLUMN: str(path)})
+        orphans = pd.concat([orphans, bad], ignore_index=True) if not orphans.empty else bad
+        info.note = f"{offset} rows, {len(ragged)} malformed"
+    return _frame(day_parts, path), orphans, info
+
+
+def _frame(parts: list[pa.Table], path: Path, spec: DatasetSpec | None = None) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
-    return pd.concat(parts, ignore_index=True)
+    df = pa.concat_tables(parts, promote_options="permissive").to_pandas()
+    df[SOURCE_FILE_COLUMN] = str(path)
+    if spec is not None:
+        from mlops_assets.datasets.validate import REASON_COLUMN
+
+        df[REASON_COLUMN] = [_orphan_reason(spec, t) for t in df[EVENT_TIME_COLUMN]]
+    return df
 
 
 @lru_cache(maxsize=8)
-def _days_index(path: str, mtime: float, event_time: str) -> dict[dt.date, pd.DataFrame]:
+def _days_index(path: str, mtime: float, event_time: str) -> dict[dt.date | None, pd.DataFrame]:
     """A whole-history file split by event day once per process: a replay then costs one scan, not one a day.
     Rows whose event time cannot be computed are kept under the key None."""
     df = read_source_file(Path(path))
-    con = duckdb.connect()
+    con = _connect()
     con.register("src", df)
     try:
-        days = con.execute(f"SELECT CAST(({event_time}) AS DATE) AS d FROM src").df()["d"]
+        times = con.execute(f"SELECT CAST(TRY({event_time}) AS TIMESTAMP) AS t FROM src").df()["t"]
     except duckdb.Error as exc:
         raise SourceError(f"{path}: the spec's event_time expression fails on this file: {exc}") from exc
     finally:
         con.close()
-    keys = pd.to_datetime(days).dt.date
-    return {k: g.assign(_source_file=path) for k, g in df.groupby(keys.where(keys.notna(), None), dropna=False)}
+    df = df.assign(
+        **{SOURCE_ROW_COLUMN: range(1, len(df) + 1), EVENT_TIME_COLUMN: times.to_numpy(), SOURCE_FILE_COLUMN: path}
+    )
+    keys = pd.to_datetime(times).dt.date
+    return {k: g for k, g in df.groupby(keys.where(keys.notna(), None), dropna=False)}
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+
+
+def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
+    """Everything the source holds for `day`, file by file; never raises for a bad file (the problem is
+    returned, naming the file), only for a source that does not exist at all."""
+    files = source_files(spec.source)
+    if spec.source.kind == "package":
+        # a file shipped in a package never changes: index it by day once per process
+        rows, orphans, infos = [], [], []
+        for p in files:
+            index = _days_index(str(p), p.stat().st_mtime, spec.event_time)
+            rows.append(index.get(day, pd.DataFrame()))
+            out = [g for k, g in index.items() if k is None or not (spec.replay.start <= k <= spec.replay.end)]
+            orphans += out
+            cols = [c for c in next(iter(index.values())).columns if c not in META_COLUMNS] if index else []
+            n = sum(len(g) for g in index.values())
+            infos.append(SourceFile(str(p), file_sha256(p), p.stat().st_size, n, cols))
+        orphan_df = _concat(orphans)
+        if not orphan_df.empty:
+            from mlops_assets.datasets.validate import REASON_COLUMN
+
+            orphan_df[REASON_COLUMN] = [_orphan_reason(spec, t) for t in orphan_df[EVENT_TIME_COLUMN]]
+        return Delivery(day, _concat(rows), infos, orphan_df)
+    rows, orphans, infos, problems = [], [], [], []
+    for p in files:
+        try:
+            day_rows, orphan_rows, info = scan_file(spec, p, day)
+        except SourceError as exc:
+            problems.append(str(exc))
+            infos.append(SourceFile(str(p), file_sha256(p), p.stat().st_size, note=f"unreadable: {exc}"))
+            continue
+        rows.append(day_rows)
+        orphans.append(orphan_rows)
+        infos.append(info)
+    return Delivery(day, _concat(rows), infos, _concat(orphans), problems)
 
 
 def read_day(spec: DatasetSpec, day: dt.date) -> tuple[pd.DataFrame, list[str]]:
-    """(rows of the day as delivered, the files that were read)."""
-    files = source_files(spec.source)
-    if spec.source.kind == "package":
-        # a file shipped in a package never changes: index it by day once
-        parts = [_days_index(str(p), p.stat().st_mtime, spec.event_time).get(day) for p in files]
-        found = [p.reset_index(drop=True) for p in parts if p is not None]
-        return (pd.concat(found, ignore_index=True) if found else pd.DataFrame()), [str(p) for p in files]
-    frames = [(str(p), read_source_file(p)) for p in files]
-    return rows_for_day(spec, day, frames), [str(p) for p in files]
+    """(rows of the day as delivered, the files that were read); raises SourceError for a bad file."""
+    d = read_delivery(spec, day)
+    if d.problems:
+        raise SourceError("; ".join(d.problems))
+    return d.rows, [f.path for f in d.files]

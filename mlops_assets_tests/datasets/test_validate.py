@@ -58,6 +58,18 @@ def test_bad_rows_are_quarantined_with_the_rule_they_broke() -> None:
     assert reasons["origin: not one of ['EWR', 'JFK', 'LGA']"] == 1
     assert reasons["distance: below min 1"] == 1
     assert reasons["carrier: null (rule: nullable: false)"] == 1
-    assert reasons["duplicate row"] == 1
+    original = int(rows["_source_row"].iloc[10])  # row numbers count in the whole shipped file
+    assert reasons[f"duplicate row (same values as flights.csv.zip row {original})"] == 1
     assert len(out.accepted) + len(out.quarantined) == len(bad)
     assert set(out.quarantined[REASON_COLUMN]) == set(reasons)
+
+
+def test_a_null_flood_blocks_the_day_but_a_few_nulls_cost_their_rows() -> None:
+    rows, files = real_day()
+    flood = rows.copy()
+    flood.loc[: len(rows) * 3 // 4, "carrier"] = None
+    out = validate_day(SPEC, DAY, flood, files)
+    assert not out.ok and any(
+        "column 'carrier' is null on 75% of" in p and "at most 50% nulls" in p for p in out.problems
+    )
+    assert out.accepted.empty and len(out.quarantined) == len(rows)

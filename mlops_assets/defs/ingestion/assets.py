@@ -8,8 +8,9 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec
-from mlops_assets.datasets.sources import SourceError, read_day, read_table
-from mlops_assets.datasets.validate import ValidationOutcome, validate_day
+from mlops_assets.datasets import quarantine
+from mlops_assets.datasets.sources import SOURCE_FILE_COLUMN, Delivery, SourceError, read_delivery, read_table
+from mlops_assets.datasets.validate import REASON_COLUMN, ValidationOutcome, validate_day
 from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, SpecResource
 
@@ -74,26 +75,47 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
     ) -> Iterator[dg.Output[dict[str, Any]] | dg.AssetCheckResult]:
         """One day of raw rows as delivered, validated against the spec's schema and written once to the lake.
 
-        Accepted rows and quarantined rows (with the rule each broke) go to separate content-addressed
-        files; nothing is overwritten, so a corrected re-delivery sits beside the original.
+        Every source file read is kept byte for byte; accepted rows and quarantined rows (with every rule each
+        broke, its file and row number) go to separate content-addressed files; nothing is overwritten, so a
+        corrected re-delivery sits beside the original. A file that cannot be read blocks the day: its rows
+        could be this day's, and a day missing part of its rows would look complete downstream.
         """
         ds = spec.get()
         day = partition_day(context)
-        try:
-            rows, files = read_day(ds, day)
-        except SourceError as exc:
-            rows, files = pd.DataFrame(), []
-            context.log.error(str(exc))
-            outcome = ValidationOutcome(day, pd.DataFrame(), pd.DataFrame(), [f"{ds.name} {day}: {exc}"])
-        else:
-            outcome = validate_day(ds, day, rows, files)
         store = lake.lake()
+        try:
+            delivery = read_delivery(ds, day)
+        except SourceError as exc:
+            delivery = Delivery(day, pd.DataFrame(), [], pd.DataFrame(), [str(exc)])
+        kept = {f.path: quarantine.keep_file(store, ds.name, f) for f in delivery.files}
+        replay_rows, replay_columns = quarantine.read_replay(store, ds, day.isoformat())
+        rows = quarantine.supersede(delivery.rows, replay_rows)
+        described = [f.describe() for f in delivery.files] + list(replay_columns)
+        outcome = validate_day(ds, day, rows, described, {**delivery.file_columns, **replay_columns})
+        if delivery.problems:
+            problems = [f"{ds.name} {day}: {p}" for p in delivery.problems]
+            outcome = ValidationOutcome(
+                day,
+                pd.DataFrame(),
+                rows.assign(**{REASON_COLUMN: "day rejected: a file of the source cannot be read"}),
+                problems + [p for p in outcome.problems if "no rows for this day" not in p],
+            )
         key = digest = None
         if outcome.ok:
             key, digest = store.write_frame("raw", ds.name, day.isoformat(), outcome.accepted)
-        q_key = None
+        q_key = q_digest = o_key = None
         if not outcome.quarantined.empty:
-            q_key, _ = store.write_frame("quarantine", ds.name, day.isoformat(), outcome.quarantined.astype(str))
+            q_key, q_digest = quarantine.write_rows(
+                store, quarantine.QUARANTINE_AREA, ds.name, day.isoformat(), outcome.quarantined
+            )
+        if not delivery.orphans.empty:
+            o_key, _ = quarantine.write_rows(
+                store, quarantine.QUARANTINE_AREA, ds.name, quarantine.NO_DAY, delivery.orphans
+            )
+            context.log.warning(
+                f"{len(delivery.orphans)} rows of {sorted(set(delivery.orphans[SOURCE_FILE_COLUMN]))} belong to no "
+                f"day ({quarantine.summarize(delivery.orphans).to_dict('records')}); kept in {store.uri(o_key)}"
+            )
         for p in outcome.problems:
             context.log.error(p)
         context.log.info(
@@ -102,19 +124,35 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         )
         total = len(outcome.accepted) + len(outcome.quarantined)
         share = len(outcome.quarantined) / total if total else 0.0
+        files_table = "\n".join(
+            ["| file | rows (all days) | bytes | sha256 | kept as |", "|---|---|---|---|---|"]
+            + [
+                f"| {f.path} | {f.note or f.rows} | {f.size} | {f.sha256[:16]} | {kept.get(f.path, '')} |"
+                for f in delivery.files
+            ]
+        )
         metadata: dict[str, Any] = {
             "dagster/row_count": len(outcome.accepted),
             "rows_delivered": len(rows),
             "rows_quarantined": len(outcome.quarantined),
+            "rows_replayed": int((~quarantine.discarded(replay_rows)).sum()) if len(replay_rows) else 0,
+            "rows_discarded_by_replay": int(quarantine.discarded(replay_rows).sum()) if len(replay_rows) else 0,
+            "rows_of_no_day": len(delivery.orphans),
             "quarantine_reasons": outcome.reasons,
-            "source_files": files,
+            "source_files": [f.path for f in delivery.files],
+            "source_files_kept": dg.MetadataValue.md(files_table),
             "problems": outcome.problems,
         }
         if key:
             metadata["path"] = dg.MetadataValue.path(store.uri(key))
             metadata["sha256"] = digest
+            metadata["raw_key"] = key
         if q_key:
             metadata["quarantine_path"] = dg.MetadataValue.path(store.uri(q_key))
+            metadata["quarantine_key"] = q_key
+            metadata["quarantine_sha256"] = q_digest
+        if o_key:
+            metadata["orphans_key"] = o_key
         yield dg.Output(_raw_batch_pointer(outcome, key, digest), metadata=metadata)
         yield dg.AssetCheckResult(
             check_name="delivery_valid",
@@ -124,9 +162,9 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         )
         yield dg.AssetCheckResult(
             check_name="quarantine_share",
-            passed=share <= QUARANTINE_WARN_SHARE,
+            passed=share <= QUARANTINE_WARN_SHARE and delivery.orphans.empty,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"share": share, "reasons": outcome.reasons},
+            metadata={"share": share, "reasons": outcome.reasons, "rows_of_no_day": len(delivery.orphans)},
         )
 
     @dg.asset(
