@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,7 @@ def test_production_profile_runs_on_postgres_s3_and_celery(
             cwd=PROJECT_ROOT,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # the CLI starts `celery` as a child: stop the whole group afterwards
         )
         try:
             dagster = str(BIN / "dagster")
@@ -145,8 +147,12 @@ def test_production_profile_runs_on_postgres_s3_and_celery(
                 jobs_log,
             )
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=10)
 
         # Dagster's runs and events are in PostgreSQL, and the steps ran on the Celery worker
         with dg.DagsterInstance.get() as instance:
