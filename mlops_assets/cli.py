@@ -57,12 +57,57 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """The spec's own rules first (every mistake with its key path); then, unless --no-data, the spec against
+    its data: every problem at once, so one run of `validate` is enough to fix a spec."""
+    from mlops_assets.datasets.infer import check_spec_data
+
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{args.spec}: valid ({spec.name}: {spec.task}, {len(spec.feature_names)} features, metric {spec.metric})")
+    # an S3 source is read through the deployment's resource (credentials, endpoint): not from here
+    skip_data = args.no_data or spec.source.kind == "s3"
+    problems = [] if skip_data else check_spec_data(spec)
+    if problems:
+        print(f"{args.spec}: {len(problems)} problem(s) against its data", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    checked = "" if args.no_data else " (S3 source: data not checked)" if skip_data else ", checked against its data"
+    print(
+        f"{args.spec}: valid ({spec.name}: {spec.task}, {len(spec.feature_names)} features, metric {spec.metric}"
+        f"{checked})"
+    )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a spec for a data file the project has never seen; it is checked against the data before the
+    command says it is ready, so `init` then `replay` is all a new dataset needs."""
+    from mlops_assets.datasets.infer import InferError, check_spec_data, infer_spec, write_spec
+
+    entity = [c for e in (args.entity or []) for c in e.split(",") if c]
+    try:
+        raw = infer_spec(args.data_file, target=args.target, time=args.time, entity=entity, task=args.task)
+    except InferError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    out = Path(args.output or f"{raw['name']}.yaml")
+    write_spec(raw, out)
+    spec = load_spec(out)
+    problems = check_spec_data(spec)
+    if problems:
+        print(f"{out}: written, but {len(problems)} problem(s) against its data:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    days = (spec.replay.end - spec.replay.start).days + 1
+    print(
+        f"{out}: {spec.name} ({spec.task}, metric {spec.metric}, {len(spec.schema_)} columns, "
+        f"{len(spec.feature_names)} features, {days} days {spec.replay.start}..{spec.replay.end})\n"
+        f"next: mlops-assets replay --spec {out}"
+    )
     return 0
 
 
@@ -153,9 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_replay)
 
-    v = sub.add_parser("validate", help="check a dataset spec and print every problem")
+    v = sub.add_parser("validate", help="check a dataset spec against its data and print every problem")
     v.add_argument("spec")
+    v.add_argument("--no-data", action="store_true", help="check the spec's own rules only, not its data")
     v.set_defaults(func=cmd_validate)
+
+    i = sub.add_parser("init", help="write a working dataset spec for a CSV or Parquet file")
+    i.add_argument("data_file", help="CSV or Parquet; replayed day by day by its --time column")
+    i.add_argument("--target", required=True, help="the column to predict")
+    i.add_argument("--time", required=True, help="the column giving each row's event time")
+    i.add_argument("--entity", action="append", help="column(s) identifying what a row is about (repeat, or a,b)")
+    i.add_argument("--task", choices=["classification", "regression"], help="default: from the target's values")
+    i.add_argument("-o", "--output", help="where to write the spec (default: NAME.yaml here)")
+    i.set_defaults(func=cmd_init)
 
     s = sub.add_parser("status", help="the champion and its recent moves")
     common(s)

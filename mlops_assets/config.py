@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -98,11 +99,29 @@ class LabelRate(_Strict):
     window_days: int = Field(ge=1)
 
 
+WINDOW_AGGS = {"mean": "avg", "sum": "sum", "min": "min", "max": "max", "count": "count", "std": "stddev_samp"}
+
+
+class WindowFeature(_Strict):
+    """A lag or rolling aggregate of a raw expression over *previous* days, per group (default: the entity).
+
+    The window covers the days [day - lag_days - days + 1, day - lag_days]; lag_days >= 1, so a row never sees
+    its own day, let alone the future: point in time by construction. `days: 1` is a plain lag."""
+
+    expr: str
+    agg: Literal["mean", "sum", "min", "max", "count", "std"] = "mean"
+    days: int = Field(default=1, ge=1, le=3660)
+    lag_days: int = Field(default=1, ge=1, le=3660)
+    by: list[str] | None = None  # None: the spec's entity columns; []: one series over every row
+
+
 class FeaturesSpec(_Strict):
     columns: dict[str, FeatureColumn]
     lookups: list[LookupSpec] = []
     derived: dict[str, FeatureColumn] = {}
     label_rates: dict[str, LabelRate] = {}
+    # Lags and rolling aggregates over previous days, computed in DuckDB from a per-day history table.
+    windows: dict[str, WindowFeature] = {}
 
 
 class TargetSpec(_Strict):
@@ -131,6 +150,9 @@ class MonitoringSpec(_Strict):
     reference_max_rows: int = Field(default=200_000, ge=100)
     decay_tolerance: float = Field(default=0.02, ge=0)
     decay_window_days: int = Field(default=7, ge=1)
+    # Fewer labelled rows than this in the window never declare decay (a thin window is noise). A dataset with
+    # one row a day (a single series) needs it lower, with a longer window.
+    decay_min_rows: int = Field(default=200, ge=1)
 
 
 class PolicySpec(_Strict):
@@ -173,7 +195,9 @@ class DatasetSpec(_Strict):
     source: SourceSpec
     schema_: dict[str, ColumnRule] = Field(alias="schema")
     event_time: str
-    entity: list[str]
+    # Columns that identify what an event is about (a flight, a store). Empty: every row is its own entity,
+    # identified by a hash of its raw values (a single series, or events with no key).
+    entity: list[str] = []
     target: TargetSpec
     features: FeaturesSpec
     replay: ReplaySpec
@@ -200,6 +224,18 @@ class DatasetSpec(_Strict):
             missing = [c for c in rate.by if c not in self.features.columns and c not in self.schema_]
             if missing:
                 raise ValueError(f"label_rates.{name}.by names unknown columns {missing}")
+        target_cols = [c for c in self.schema_ if re.search(rf"\b{re.escape(c)}\b", self.target.expr)]
+        for name, w in self.features.windows.items():
+            for c in w.by if w.by is not None else self.entity:
+                if c not in self.schema_:
+                    raise ValueError(f"features.windows.{name}.by names {c!r}, which is not in `schema`")
+            uses_target = [c for c in target_cols if re.search(rf"\b{re.escape(c)}\b", w.expr)]
+            if uses_target and w.lag_days < max(1, self.target.label_delay_days):
+                raise ValueError(
+                    f"features.windows.{name} reads {uses_target} (the target's columns) with lag_days "
+                    f"{w.lag_days}, but labels arrive {self.target.label_delay_days} day(s) late: "
+                    f"lag_days must be >= {self.target.label_delay_days} or the feature leaks the future"
+                )
         for c in self.training.slices:
             if c not in names:
                 raise ValueError(f"training.slices names {c!r}, which is not a feature")
@@ -208,13 +244,14 @@ class DatasetSpec(_Strict):
     # --- derived views the rest of the code needs -------------------------------------------------------
     @property
     def feature_columns(self) -> dict[str, FeatureColumn]:
-        """Every model input in a stable order: base columns, lookup columns, derived, label rates."""
+        """Every model input in a stable order: base columns, lookup columns, derived, label rates, windows."""
         out: dict[str, FeatureColumn] = {}
         out.update({k: v for k, v in self.features.columns.items() if v.keep})
         for lk in self.features.lookups:
             out.update({k: v for k, v in lk.columns.items() if v.keep})
         out.update({k: v for k, v in self.features.derived.items() if v.keep})
         out.update({k: FeatureColumn(type="numeric") for k in self.features.label_rates})
+        out.update({k: FeatureColumn(type="numeric") for k in self.features.windows})
         return out
 
     @property
@@ -240,16 +277,34 @@ class DatasetSpec(_Strict):
         return f"{self.name}_model"
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest key of `loc` found in the YAML: a user fixes a file by its lines."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if hit is None:
+                break
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_errors(path: Path, err: ValidationError, root: yaml.Node | None = None) -> str:
     lines = [f"{path}: {err.error_count()} problem(s) in the dataset spec"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        line = _line_of(root, tuple(e["loc"]))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and level)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {loc}: {msg}" + (f" (line {line})" if line is not None else ""))
     return "\n".join(lines)
 
 
@@ -274,7 +329,7 @@ def _load_spec(path: Path, mtime_ns: int) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_format_errors(path, exc)) from None
+        raise SpecError(_format_errors(path, exc, yaml.compose(path.read_text(encoding="utf-8")))) from None
 
 
 class Settings(BaseModel):

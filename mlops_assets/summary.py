@@ -101,7 +101,10 @@ def render_summary(result: ReplayResult, *, compare: bool = True) -> str:
         "Retrain decisions that fired, and what the gate did",
         retrain_table(result).to_string(index=False) if result.retrains else "(none)",
     ]
-    skips = pd.Series([r.decision for r in result.days if not r.retrain]).str.split(",").str[0].value_counts()
+    # grouped by the rule, not by its numbers: "no drift and no decay (drift share 0.48 < 0.50 (2001-09-09); ..."
+    # is one reason whatever the day's share
+    reasons = pd.Series([r.decision for r in result.days if not r.retrain], dtype=object)
+    skips = reasons.str.split(",").str[0].str.replace(r"\s*\(.*$", "", regex=True).value_counts()
     if len(skips):
         out += ["", "Sensor skips by reason", skips.head(8).to_string()]
     if compare:

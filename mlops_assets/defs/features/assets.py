@@ -54,8 +54,10 @@ def build_features(spec: DatasetSpec) -> dg.Definitions:
         feats = store.write_features(day, raw) if len(raw) else store.write_features(day, raw.iloc[0:0])
         names = spec.feature_names
         null_share = {c: round(float(feats[c].isna().mean()), 4) for c in names} if len(feats) else {}
-        # Target rates are null by design until labels have arrived; every other feature must have values.
-        judged = {c: v for c, v in null_share.items() if c not in spec.features.label_rates}
+        # Target rates are null by design until labels have arrived, window features (lags, rolling means) until
+        # an entity has history; every other feature must have values.
+        by_design = {*spec.features.label_rates, *spec.features.windows}
+        judged = {c: v for c, v in null_share.items() if c not in by_design}
         empty = sorted(c for c, v in judged.items() if v >= 1.0)
         mostly_null = {c: v for c, v in judged.items() if v > WARN_NULL_SHARE}
         missing_rows = len(raw) - len(feats)

@@ -51,7 +51,10 @@ def reference_profile(
     if day <= last:
         return None, f"warm-up: reference builds from {first} to {last}"
     warm = store.features_between(first, last)
-    profile = ReferenceProfile.from_frame(warm, numeric=spec.numeric_features, categorical=spec.categorical_features)
+    # A lag or a target rate has no values in the first days by design: the warm-up profiles the columns that do.
+    numeric = [c for c in spec.numeric_features if pd.to_numeric(warm[c], errors="coerce").notna().any()]
+    categorical = [c for c in spec.categorical_features if warm[c].notna().any()]
+    profile = ReferenceProfile.from_frame(warm, numeric=numeric, categorical=categorical)
     return profile, f"warm-up days {first} to {last} ({len(warm)} rows)"
 
 
@@ -145,8 +148,9 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             summary = data_drift_html(
                 reference_rows(ds, champion, store, lk),
                 current,
-                numeric=ds.numeric_features,
-                categorical=ds.categorical_features,
+                # the columns the profile tests: a lag with no values yet in the warm-up is left out of both
+                numeric=[c for c in ds.numeric_features if c in profile.numeric],
+                categorical=[c for c in ds.categorical_features if c in profile.categorical],
                 path=html,
             )
             meta["evidently_report"] = dg.MetadataValue.path(str(html))
@@ -201,6 +205,7 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             reference_value=reference,
             tolerance=ds.monitoring.decay_tolerance,
             window_days=window,
+            min_rows=ds.monitoring.decay_min_rows,
         )
         history_row = pd.DataFrame(
             [
@@ -216,6 +221,8 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                     "n_rows": result.n_rows,
                 }
             ]
+        ).astype(  # typed even when the first day has no value: the history table takes its types from it
+            {"day_value": "float64", "window_value": "float64", "ci_low": "float64", "ci_high": "float64"}
         )
         store.save_history("performance_history", day, history_row)
         context.log.info(f"{day}: {result.reason}")
