@@ -14,21 +14,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from mlops_assets.defs.resources import ModelRegistryResource
 from mlops_assets.ml.automl import SearchSpace, fit_recipe, window_rows
 from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.evaluate import score
 from mlops_assets.ml.models import predict_scores
-from mlops_assets.replay import ReplayResult
 from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.models import load_verified
+
+if TYPE_CHECKING:  # the daily refits run in worker processes that import this module: keep Dagster out of them
+    from mlops_assets.defs.resources import ModelRegistryResource
+    from mlops_assets.replay import ReplayResult
 
 
 @dataclass
@@ -68,6 +70,8 @@ def _refit_and_score(rows: pd.DataFrame, today: pd.DataFrame, recipe: dict[str, 
 
 
 def compare_strategies(result: ReplayResult) -> StrategyComparison:
+    from mlops_assets.defs.resources import ModelRegistryResource
+
     spec, settings = result.spec, result.settings
     store = FeatureStore(settings.duckdb_path, spec)
     registry = ModelRegistryResource(
