@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from peakmem import reset_peak, rss_kb  # benchmarks/ is on sys.path: these run as scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_NUMERIC = [
@@ -113,21 +114,6 @@ def flights_frames() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
     reference = pd.read_parquet(folder / "reference.parquet")
     currents = {p.stem.removeprefix("current_"): pd.read_parquet(p) for p in sorted(folder.glob("current_*.parquet"))}
@@ -145,8 +131,8 @@ def child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -
         sys.path.insert(0, str(ROOT))
         from mlops_assets.ml.drift import ReferenceProfile
     import_s = time.perf_counter() - t_import
-    resettable = _reset_peak()
-    base_kb = _rss_kb("VmRSS")
+    resettable = reset_peak()
+    base_kb = rss_kb("VmRSS")
     results: dict[str, list[dict[str, Any]]] = {}
     day_seconds: list[float] = []
     t0 = time.perf_counter()
@@ -177,7 +163,7 @@ def child(side: str, folder: Path, numeric: list[str], categorical: list[str]) -
                 for c in res.columns
             ]
     total_s = time.perf_counter() - t0
-    peak_kb = _rss_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = rss_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "side": side,
         "total_s": total_s,

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from peakmem import reset_peak, rss_kb  # benchmarks/ is on sys.path: these run as scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMERIC = [f"num_{i}" for i in range(8)]
@@ -159,23 +160,8 @@ def bench_spec(folder: Path) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_kb(resettable: bool) -> int:
-    return _rss_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def child(side: str, folder: Path, as_of: dt.date) -> dict[str, Any]:
@@ -185,8 +171,8 @@ def child(side: str, folder: Path, as_of: dt.date) -> dict[str, Any]:
         from mlops_assets.storage.feature_store import FeatureStore
 
         store = FeatureStore(folder / "store.duckdb", bench_spec(folder))
-    resettable = _reset_peak()
-    base_kb = _rss_kb("VmRSS")
+    resettable = reset_peak()
+    base_kb = rss_kb("VmRSS")
     t0 = time.perf_counter()
     if side == "duckdb":
         with store.connect() as con:  # creates the store's tables from the spec
@@ -201,8 +187,8 @@ def child(side: str, folder: Path, as_of: dt.date) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     load_peak_kb = _peak_kb(resettable)
     if resettable:
-        _reset_peak()
-    join_base_kb = _rss_kb("VmRSS")
+        reset_peak()
+    join_base_kb = rss_kb("VmRSS")
     t1 = time.perf_counter()
     unmatched = 0
     if side == "duckdb":

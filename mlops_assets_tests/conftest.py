@@ -61,20 +61,26 @@ def fast_flights_spec(tmp: Path, **overrides: Any) -> Path:
     return path
 
 
+# Where a deployment's state lives (see Settings.from_env): a test clears them all so nothing of the
+# developer's own environment leaks in, then points the data folder at its tmp_path.
+DEPLOYMENT_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLOPS_LAKE_URI",
+    "MLOPS_DUCKDB_PATH",
+    "MLOPS_PROFILE",
+    "MLOPS_EXECUTOR",
+    "MLOPS_MLFLOW_ARTIFACT_ROOT",
+    "MLOPS_SPEC",
+)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "data"
     monkeypatch.setenv("MLOPS_DATA_DIR", str(d))
     monkeypatch.setenv("DAGSTER_HOME", str(d / "dagster_home"))
     (d / "dagster_home").mkdir(parents=True)
-    for var in (
-        "MLFLOW_TRACKING_URI",
-        "MLOPS_LAKE_URI",
-        "MLOPS_DUCKDB_PATH",
-        "MLOPS_PROFILE",
-        "MLOPS_MLFLOW_ARTIFACT_ROOT",
-        "MLOPS_SPEC",
-    ):
+    for var in DEPLOYMENT_VARS:
         monkeypatch.delenv(var, raising=False)
     return d
 

@@ -20,16 +20,13 @@ import pytest
 
 from mlops_assets.cli import main as cli_main
 from mlops_assets.config import Settings
-from mlops_assets.definitions import build_defs
 from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
 from mlops_assets.replay import QUIET
-from mlops_assets_tests.conftest import fast_flights_spec
+from mlops_assets_tests.defs.registry.project import MODEL, bootstrap_and_ingest, isolated_project
 
 FIRST_DAY = dt.date(2013, 1, 1)
 AS_OF = dt.date(2013, 1, 9)
-INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
-MODEL = "flights_model"
 
 
 @dataclass
@@ -63,39 +60,16 @@ def last_run(job: str) -> dg.DagsterRun:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("approve")
-    data = tmp / "data"
-    (data / "dagster_home").mkdir(parents=True)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLOPS_LAKE_URI", "MLOPS_DUCKDB_PATH", "MLOPS_PROFILE"):
-            mp.delenv(var, raising=False)
-        mp.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT", raising=False)
-        mp.setenv("MLOPS_DATA_DIR", str(data))
-        mp.setenv("DAGSTER_HOME", str(data / "dagster_home"))
-        mp.setenv("MLOPS_SPEC", str(fast_flights_spec(tmp, gate={"require_approval": True})))
-        settings = Settings.from_env()
-        defs = build_defs(settings)
-        registry = ModelRegistryResource(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
-        )
+    with isolated_project(tmp_path_factory.mktemp("approve"), gate={"require_approval": True}) as project:
         with dg.DagsterInstance.get() as instance:
-            defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
-            baseline = registry.champion_info(MODEL)
-            assert baseline is not None and baseline.is_baseline
-            daily = defs.resolve_job_def("daily_job")
-            for i in range((AS_OF - FIRST_DAY).days + 1):
-                day = (FIRST_DAY + dt.timedelta(days=i)).isoformat()
-                res = daily.execute_in_process(
-                    instance=instance, partition_key=day, asset_selection=INGEST, run_config=QUIET
-                )
-                assert res.success, day
-            res = defs.resolve_job_def("retrain_job").execute_in_process(
+            baseline = bootstrap_and_ingest(project, instance, AS_OF)
+            res = project.defs.resolve_job_def("retrain_job").execute_in_process(
                 instance=instance, run_config={**training_run_config(AS_OF, "manual"), **QUIET}
             )
             mlflow.end_run()
         assert res.success
         challenger = res.output_for_node("registered_model_version")["version"]
-        yield World(settings, registry, baseline.version, str(challenger))
+        yield World(project.settings, project.registry, baseline, str(challenger))
 
 
 def test_a_better_challenger_waits_as_pending_and_the_champion_stays(world: World) -> None:

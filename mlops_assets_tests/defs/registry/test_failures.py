@@ -26,28 +26,18 @@ from mlflow.exceptions import MlflowException
 
 import mlops_assets.defs.ingestion.assets as ingestion_assets
 import mlops_assets.ml.automl as automl
-from mlops_assets.config import Settings
 from mlops_assets.datasets.sources import SourceError
-from mlops_assets.definitions import build_defs
 from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
 from mlops_assets.replay import QUIET
 from mlops_assets.storage.models import artifact_digest, load_verified
-from mlops_assets_tests.conftest import fast_flights_spec
+from mlops_assets_tests.defs.registry.project import MODEL, Project, bootstrap_and_ingest, isolated_project
 
-FIRST_DAY = dt.date(2013, 1, 1)
 AS_OF = dt.date(2013, 1, 9)
-INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
 EVALUATE = [dg.AssetKey(k) for k in ("training_dataset", "candidate_models", "evaluation_report")]
-MODEL = "flights_model"
 
 
-@dataclass
-class World:
-    settings: Settings
-    defs: dg.Definitions
-    registry: ModelRegistryResource
-    tmp: Path
+World = Project
 
 
 @dataclass(frozen=True)
@@ -116,33 +106,10 @@ def materialize(world: World, instance: dg.DagsterInstance, names: list[str], **
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("failures")
-    data = tmp / "data"
-    (data / "dagster_home").mkdir(parents=True)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLOPS_LAKE_URI", "MLOPS_DUCKDB_PATH", "MLOPS_PROFILE"):
-            mp.delenv(var, raising=False)
-        mp.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT", raising=False)
-        mp.setenv("MLOPS_DATA_DIR", str(data))
-        mp.setenv("DAGSTER_HOME", str(data / "dagster_home"))
-        mp.setenv("MLOPS_SPEC", str(fast_flights_spec(tmp)))
-        settings = Settings.from_env()
-        defs = build_defs(settings)
-        registry = ModelRegistryResource(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
-        )
-        w = World(settings, defs, registry, tmp)
+    with isolated_project(tmp_path_factory.mktemp("failures")) as project:
         with dg.DagsterInstance.get() as instance:
-            defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
-            daily = defs.resolve_job_def("daily_job")
-            for i in range((AS_OF - FIRST_DAY).days + 1):
-                day = (FIRST_DAY + dt.timedelta(days=i)).isoformat()
-                res = daily.execute_in_process(
-                    instance=instance, partition_key=day, asset_selection=INGEST, run_config=QUIET
-                )
-                assert res.success, day
-        assert registry.champion_info(MODEL) is not None
-        yield w
+            bootstrap_and_ingest(project, instance, AS_OF)
+        yield project
 
 
 @pytest.fixture(scope="module")

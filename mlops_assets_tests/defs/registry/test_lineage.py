@@ -21,7 +21,6 @@ from mlflow import MlflowClient
 
 from mlops_assets.cli import main as cli_main
 from mlops_assets.config import PROJECT_ROOT, Settings, load_spec
-from mlops_assets.definitions import build_defs
 from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.registry.assets import code_version
 from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
@@ -29,13 +28,10 @@ from mlops_assets.replay import QUIET
 from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.lake import frame_to_parquet, sha256
 from mlops_assets.storage.models import ArtifactIntegrityError, artifact_digest, load_verified
-from mlops_assets_tests.conftest import fast_flights_spec
+from mlops_assets_tests.defs.registry.project import MODEL, bootstrap_and_ingest, ingest, isolated_project
 
-FIRST_DAY = dt.date(2013, 1, 1)
 TRAIN_AS_OF = dt.date(2013, 1, 9)
 LATER_DAYS = [dt.date(2013, 1, 10), dt.date(2013, 1, 11)]
-INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
-MODEL = "flights_model"
 
 
 @dataclass
@@ -47,39 +43,12 @@ class World:
     retrain_run_id: str
 
 
-def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[dt.date]) -> None:
-    """Only what training reads (raw rows, labels, features): monitoring and serving are not under test."""
-    daily = defs.resolve_job_def("daily_job")
-    for day in days:
-        res = daily.execute_in_process(
-            instance=instance, partition_key=day.isoformat(), asset_selection=INGEST, run_config=QUIET
-        )
-        assert res.success, day
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("lineage")
-    data = tmp / "data"
-    (data / "dagster_home").mkdir(parents=True)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLOPS_LAKE_URI", "MLOPS_DUCKDB_PATH", "MLOPS_PROFILE"):
-            mp.delenv(var, raising=False)
-        mp.delenv("MLOPS_MLFLOW_ARTIFACT_ROOT", raising=False)
-        mp.setenv("MLOPS_DATA_DIR", str(data))
-        mp.setenv("DAGSTER_HOME", str(data / "dagster_home"))
-        mp.setenv("MLOPS_SPEC", str(fast_flights_spec(tmp)))
-        settings = Settings.from_env()
-        defs = build_defs(settings)
-        registry = ModelRegistryResource(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
-        )
+    with isolated_project(tmp_path_factory.mktemp("lineage")) as project:
+        settings, defs, registry = project.settings, project.defs, project.registry
         with dg.DagsterInstance.get() as instance:
-            defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
-            baseline = registry.champion_info(MODEL)
-            assert baseline is not None and baseline.is_baseline
-            days = [FIRST_DAY + dt.timedelta(days=i) for i in range((TRAIN_AS_OF - FIRST_DAY).days + 1)]
-            ingest(defs, instance, days)
+            baseline = bootstrap_and_ingest(project, instance, TRAIN_AS_OF)
             res = defs.resolve_job_def("retrain_job").execute_in_process(
                 instance=instance, run_config={**training_run_config(TRAIN_AS_OF, "manual"), **QUIET}
             )
@@ -88,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             champion = registry.champion_info(MODEL)
             assert champion is not None and not champion.is_baseline, "the first trained model beats the baseline"
             ingest(defs, instance, LATER_DAYS)
-            yield World(settings, registry, champion, baseline.version, res.run_id)
+            yield World(settings, registry, champion, baseline, res.run_id)
 
 
 def test_the_training_set_is_rebuilt_from_the_version_tags_alone(world: World) -> None:
