@@ -1,7 +1,5 @@
 """The one entry point: every domain's definitions merged, resources picked by the profile in force."""
 
-import datetime as dt
-
 import dagster as dg
 from dagster_mlflow import end_mlflow_on_run_finished
 
@@ -9,7 +7,13 @@ from mlops_assets.config import Settings, load_spec
 from mlops_assets.defs.features.assets import build_features
 from mlops_assets.defs.ingestion.assets import build_ingestion
 from mlops_assets.defs.monitoring.assets import build_monitoring
-from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, retrain_sensor, retrain_tags, training_run_config
+from mlops_assets.defs.monitoring.sensors import (
+    RETRAIN_JOB,
+    labels_so_far,
+    retrain_sensor,
+    retrain_tags,
+    training_run_config,
+)
 from mlops_assets.defs.partitions import daily_partitions
 from mlops_assets.defs.registry.assets import build_registry
 from mlops_assets.defs.registry.jobs import build_registry_jobs
@@ -90,16 +94,14 @@ def build_defs(settings: Settings) -> dg.Definitions:
     def weekly_retrain(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         # Train as of the newest day whose labels have arrived (not the wall clock), and tag the run like the
         # sensor does so that its cool-down and weekly ceiling count this retrain too.
-        latest = context.instance.get_latest_materialization_event(dg.AssetKey("labels"))
-        if latest is None or latest.asset_materialization is None or not latest.asset_materialization.partition:
+        as_of, total = labels_so_far(context.instance)
+        if as_of is None:
             return dg.SkipReason("no labels have arrived yet: nothing to retrain on")
-        as_of = dt.date.fromisoformat(latest.asset_materialization.partition)
-        total = getattr(latest.asset_materialization.metadata.get("total_labelled_rows"), "value", 0) or 0
         reason = f"weekly retrain as of {as_of}, whatever the monitors say; the gate still decides"
         return dg.RunRequest(
             run_key=f"weekly:{spec.name}:{as_of.isoformat()}",
             run_config=training_run_config(as_of, "schedule"),
-            tags=retrain_tags(spec, as_of, "schedule", reason, int(total)),
+            tags=retrain_tags(spec, as_of, "schedule", reason, total),
         )
 
     domains = dg.Definitions.merge(

@@ -71,6 +71,17 @@ def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, l
     }
 
 
+def labels_so_far(instance: dg.DagsterInstance) -> tuple[dt.date | None, int]:
+    """(the newest day whose labels have arrived, every labelled row so far), from the labels asset's newest
+    materialization: the data's clock, which both the sensor and the retrain schedule go by."""
+    latest = instance.get_latest_materialization_event(dg.AssetKey("labels"))
+    mat = latest.asset_materialization if latest is not None else None
+    if mat is None:
+        return None, 0
+    total = int(getattr(mat.metadata.get("total_labelled_rows"), "value", 0) or 0)
+    return (dt.date.fromisoformat(mat.partition) if mat.partition else None), total
+
+
 def policy_state(
     instance: dg.DagsterInstance,
     spec: DatasetSpec,
@@ -87,11 +98,7 @@ def policy_state(
     horizon = now - dt.timedelta(hours=spec.policy.stale_run_hours)
     in_flight = any(rec.dagster_run.status in IN_FLIGHT and _aware(rec.update_timestamp) >= horizon for rec in records)
     last_rows = max((int(r.tags.get(TAG_LABELLED, 0)) for r in runs), default=0)
-    latest_labels = instance.get_latest_materialization_event(dg.AssetKey("labels"))
-    total = 0
-    if latest_labels is not None and latest_labels.asset_materialization is not None:
-        v = latest_labels.asset_materialization.metadata.get("total_labelled_rows")
-        total = int(getattr(v, "value", 0) or 0)
+    _, total = labels_so_far(instance)
     return PolicyState(
         today=today,
         last_retrain_day=days[-1] if days else None,
