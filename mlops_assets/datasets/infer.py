@@ -292,7 +292,6 @@ def infer_spec(
             "trials": 6,
             "seconds": 30,
             "seed": 42,
-            "n_jobs": 1,
             "max_rows": 30000,
             "windows": [None],
             "recency_half_lives": [None],

@@ -1,23 +1,34 @@
 """A budgeted search over model families, hyper-parameters and training windows.
 
-Optuna's TPE proposes configurations; each trial first fits on the newest quarter of its training rows and
-reports that score, and the median pruner stops trials already worse than the median of earlier trials at
-the same rung, so poor configurations cost a quarter of a fit. The training window and recency weighting are
-part of the search because on drifting data "which history to learn from" matters as much as the model: on
-the flights data a model fit on the last two months beat an older one in summer and lost in autumn.
+Successive halving in brackets, with Optuna's TPE proposing the configurations. A bracket's configurations
+are first fit on the newest quarter of their training rows (the rung); only the best third of all rung
+scores so far go on to a full fit, the rest are pruned, so a poor configuration costs a quarter of a fit.
+TPE learns from every finished bracket (pruned trials through their rung score), so later brackets search
+where the good ones were. The training window and recency weighting are part of the search because on
+drifting data "which history to learn from" matters as much as the model: on the flights data a model fit
+on the last two months beat an older one in summer and lost in autumn.
 
-Budgets are a number of trials and wall seconds; trials run one after another and each estimator uses both
-cores. With the trial budget binding, the same data and space give the same leaderboard (seeded sampler,
-seeded estimators); a wall-time budget that binds first can cut the list at a different trial.
+Both cores are used by running trials side by side in threads, one thread per estimator: no process to
+start, no data to copy (scikit-learn's tree and boosting kernels release the GIL), and no OpenMP team that
+stalls when another process holds a core. Each window's preprocessing is fitted once and its matrices shared
+by every trial of the family, since only the estimator differs between them. The winner is then refit on
+train + validation with every core.
+
+Nothing depends on timing: proposals, rungs and promotions happen bracket by bracket in trial order, so the
+same data and space give the same leaderboard on one core or many. Budgets are a number of distinct
+configurations and wall seconds; a wall-time budget that binds first can cut the search at a different
+bracket.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +41,9 @@ from mlops_assets.ml.models import FAMILIES, build_model, fit, predict_scores
 
 RUNG_FRACTION = 0.25  # first rung: the newest quarter of the window's rows
 MIN_RUNG_ROWS = 2000
+ETA = 3  # successive halving: the best third of the rung scores go on to a full fit
+BRACKET = 2 * ETA  # configurations proposed together; TPE learns between brackets
+ASKS_PER_TRIAL = 5  # TPE re-proposing known configurations of a small discrete space: give up after this many
 
 
 @dataclass(frozen=True)
@@ -40,9 +54,9 @@ class SearchSpace:
     trials: int = 20
     seconds: float = 300.0
     seed: int = 0
-    # One thread per model by default: on a shared 2-core box, HGB's OpenMP threads stall whenever another
-    # process holds a core (trials of a second turned into minutes); one thread degrades gracefully.
-    n_jobs: int = 1
+    # Cores the sweep uses (None: all of the host's): trials run this many at a time, one thread each, and
+    # the winner's refit gets this many threads. The result does not depend on it, only the time does.
+    n_jobs: int | None = None
     max_rows: int | None = None  # training rows per fit at most (a seeded sample of the window)
 
     @classmethod
@@ -74,7 +88,7 @@ class SearchSpace:
             trials=int(d.get("trials", 20)),
             seconds=float(d.get("seconds", 300.0)),
             seed=int(d.get("seed", 0)),
-            n_jobs=int(d.get("n_jobs", 1)),
+            n_jobs=int(d["n_jobs"]) if d.get("n_jobs") else None,
             max_rows=int(d["max_rows"]) if d.get("max_rows") else None,
         )
 
@@ -106,7 +120,6 @@ class TrialResult:
     cpu_seconds: float
     n_train: int
     error: str | None = None
-    repeat_of: int | None = None  # TPE proposed an already-tried configuration: its result is reused, not refit
 
 
 @dataclass
@@ -119,6 +132,7 @@ class SweepResult:
     cpu_seconds: float
     refit_rows: int = 0
     notes: list[str] = field(default_factory=list)
+    workers: int = 1
 
     def leaderboard(self) -> pd.DataFrame:
         rows = [
@@ -132,7 +146,6 @@ class SweepResult:
                 "wall_s": round(t.wall_seconds, 2),
                 "cpu_s": round(t.cpu_seconds, 2),
                 "n_train": t.n_train,
-                "repeat_of": t.repeat_of,
                 "params": ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
             }
             for t in self.trials
@@ -157,6 +170,47 @@ def _suggest(trial: Any, name: str, dom: Any) -> Any:
     if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
         return trial.suggest_int(name, low, high, log=log)
     return trial.suggest_float(name, float(low), float(high), log=log)
+
+
+def _spread(dom: Any, n: int, rng: np.random.Generator) -> list[Any]:
+    """n values covering a domain evenly, in random order: each choice of a list equally often, or one value
+    from each of n equal strata of a range (on the log scale where the range is logarithmic)."""
+    if isinstance(dom, list):
+        return [dom[i] for i in rng.permutation(np.arange(n) % len(dom))]
+    low, high, log = dom["low"], dom["high"], bool(dom.get("log", False))
+    u = (rng.permutation(n) + rng.random(n)) / n
+    lo, hi = (math.log(low), math.log(high)) if log else (float(low), float(high))
+    values = [math.exp(lo + x * (hi - lo)) if log else lo + x * (hi - lo) for x in u]
+    if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
+        return [min(max(round(v), low), high) for v in values]
+    return values
+
+
+def initial_design(space: SearchSpace, n: int) -> list[dict[str, Any]]:
+    """The first bracket, laid out to cover the space instead of drawn at random (a Latin-hypercube-like
+    design over choices and ranges): with a handful of trials, random draws easily miss a whole region,
+    e.g. every small tree of a boosting family. Families get slots by the size of their space (one each
+    when there is room), and every choice of every hyper-parameter, window and weighting is spread evenly
+    over the slots. Seeded: the same space gives the same design."""
+    rng = np.random.default_rng(space.seed)
+    fams = list(space.families)
+    weights = np.array([1 + len(space.families[f]) for f in fams], dtype=float)
+    slots = np.zeros(len(fams), dtype=int)
+    if n >= len(fams):
+        slots += 1
+    share = weights / weights.sum() * n - slots
+    while slots.sum() < n:
+        i = int(np.argmax(share))
+        slots[i] += 1
+        share[i] -= 1
+    configs: list[dict[str, Any]] = []
+    for fam, m in zip(fams, slots, strict=True):
+        columns = {f"{fam}.{k}": _spread(dom, int(m), rng) for k, dom in space.families[fam].items()}
+        configs += [{"family": fam, **{k: v[i] for k, v in columns.items()}} for i in range(int(m))]
+    order = rng.permutation(len(configs))
+    windows = _spread(list(space.windows), len(configs), rng)
+    half_lives = _spread(list(space.recency_half_lives), len(configs), rng)
+    return [{**configs[j], "window_days": windows[i], "half_life_days": half_lives[i]} for i, j in enumerate(order)]
 
 
 def window_rows(
@@ -208,6 +262,79 @@ def fit_recipe(
     return model, len(rows)
 
 
+@dataclass
+class _Prepared:
+    """One window's rows, preprocessed once for one family: every trial of the family on this window fits its
+    estimator on these matrices (the preprocessing has no hyper-parameters of its own)."""
+
+    rows: pd.DataFrame
+    X: Any  # the preprocessed training rows (a dense or sparse matrix, or the frame itself for the baseline)
+    y: np.ndarray
+    X_valid: Any
+    rung: np.ndarray | None  # positions of the newest quarter of the rows; None when too few rows for a rung
+
+
+@dataclass
+class _Proposal:
+    trial: Any  # optuna.Trial
+    result: TrialResult
+    half_life: float | None
+    direct: bool = False  # fit in full at once (a baseline, or too few rows for a rung)
+    rung_score: float | None = None
+
+
+def _prepare(
+    rows: pd.DataFrame,
+    valid: pd.DataFrame,
+    *,
+    family: str,
+    target: str,
+    time_column: str,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    task: str,
+    seed: int,
+) -> _Prepared:
+    features = [*numeric, *categorical]
+    pipe = build_model(family, {}, task=task, numeric=numeric, categorical=categorical, seed=seed)
+    y = rows[target].to_numpy()
+    if len(pipe.steps) > 1:
+        pre = pipe[:-1]
+        X, X_valid = pre.fit_transform(rows[features], y), pre.transform(valid[features])
+    else:
+        X, X_valid = rows[features], valid[features]
+    n_rung = max(MIN_RUNG_ROWS, int(len(rows) * RUNG_FRACTION))
+    order = np.argsort(pd.to_datetime(rows[time_column]).to_numpy(), kind="mergesort")
+    return _Prepared(rows, X, y, X_valid, np.sort(order[-n_rung:]) if n_rung < len(rows) else None)
+
+
+def _take(X: Any, idx: np.ndarray) -> Any:
+    return X.iloc[idx] if isinstance(X, pd.DataFrame) else X[idx]
+
+
+def _fit_and_score(
+    prep: _Prepared,
+    estimator: Any,
+    weights: np.ndarray | None,
+    rung: bool,
+    metric: str,
+    valid_y: np.ndarray,
+) -> tuple[float, int, Stopwatch]:
+    """One fit in a worker thread, its OpenMP pinned to that thread; CPU is the thread's own."""
+    with Stopwatch(thread=True) as sw, threadpool_limits(limits=1, user_api="openmp"):
+        if rung and prep.rung is not None:
+            X, y = _take(prep.X, prep.rung), prep.y[prep.rung]
+            w = None if weights is None else weights[prep.rung]
+        else:
+            X, y, w = prep.X, prep.y, weights
+        if w is None:
+            estimator.fit(X, y)
+        else:
+            estimator.fit(X, y, sample_weight=w)
+        value = score(metric, valid_y, predict_scores(estimator, prep.X_valid))
+    return float(value), len(y), sw
+
+
 def run_sweep(
     train: pd.DataFrame,
     valid: pd.DataFrame,
@@ -225,131 +352,189 @@ def run_sweep(
     """Search on `train`, score on `valid`; the winner is refit on train + valid (its window measured from
     the newest row) so that the shipped model has seen the most recent week too."""
     import optuna
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if train.empty or valid.empty:
         raise ValueError(f"run_sweep needs rows to train and validate on (train {len(train)}, valid {len(valid)})")
-    features = [*numeric, *categorical]
-    direction: Literal["maximize", "minimize"] = "maximize" if higher_is_better(metric) else "minimize"
+    maximize = higher_is_better(metric)
+    workers = max(1, space.n_jobs or os.cpu_count() or 1)
     y_valid = valid[target].to_numpy()
-    X_valid = valid[features]
+    study = optuna.create_study(
+        direction="maximize" if maximize else "minimize",
+        sampler=optuna.samplers.TPESampler(
+            seed=space.seed, n_startup_trials=min(BRACKET, space.trials), constant_liar=True
+        ),
+    )
+    for params in initial_design(space, min(BRACKET, space.trials)):
+        study.enqueue_trial(params, skip_if_exists=True)
+    kw: dict[str, Any] = dict(
+        target=target, time_column=time_column, numeric=numeric, categorical=categorical, task=task, seed=space.seed
+    )
+    windows: dict[int | None, pd.DataFrame] = {}
+    prepared: dict[tuple[str, int | None], _Prepared | Exception] = {}
+    seen: dict[tuple[Any, ...], _Proposal] = {}
     results: list[TrialResult] = []
-    best_model: dict[str, Any] = {}
-    # On a discrete space TPE often proposes a configuration again; refitting it would spend budget for the
-    # same number (every fit is seeded). The repeat is still a trial, so a tiny space cannot loop forever.
-    seen: dict[tuple[Any, ...], TrialResult] = {}
+    rung_scores: list[float] = []
+    repeats: list[tuple[Any, _Proposal]] = []  # TPE's re-proposals, each answered by the earlier result
+    asks = n_repeats = 0
+    notes: list[str] = []
     started = time.perf_counter()
     total = Stopwatch().__enter__()
 
-    def objective(trial: Any) -> float:
-        family = trial.suggest_categorical("family", list(space.families))
-        window = trial.suggest_categorical("window_days", list(space.windows))
-        half_life = trial.suggest_categorical("half_life_days", list(space.recency_half_lives))
-        params = {k: _suggest(trial, f"{family}.{k}", dom) for k, dom in space.families[family].items()}
-        key = (family, window, half_life, tuple(sorted((k, repr(v)) for k, v in params.items())))
-        if key in seen:
-            prior = seen[key]
-            again = TrialResult(
-                trial.number,
-                family,
-                params,
-                window,
-                half_life,
-                prior.score,
-                prior.state,
-                0.0,
-                0.0,
-                prior.n_train,
-                prior.error,
-                repeat_of=prior.number,
-            )
-            results.append(again)
-            if on_trial is not None:
-                on_trial(again)
-            if prior.state == "pruned":
-                raise optuna.TrialPruned()
-            if prior.state == "failed":
-                raise RuntimeError(f"repeat of failed trial {prior.number}: {prior.error}")
-            return float(prior.score)  # type: ignore[arg-type]
-        rows = window_rows(train, time_column, window, space.max_rows, space.seed)
-        result = TrialResult(trial.number, family, params, window, half_life, None, "failed", 0.0, 0.0, len(rows))
-        seen[key] = result
-        sw = Stopwatch().__enter__()
-        try:
-            if rows.empty:
-                raise ValueError(f"no training rows in the last {window} days")
-            weights = recency_weights(rows, time_column, half_life)
-            n_rung = max(MIN_RUNG_ROWS, int(len(rows) * RUNG_FRACTION))
-            if family != "baseline" and n_rung < len(rows):
-                order = np.argsort(pd.to_datetime(rows[time_column]).to_numpy(), kind="mergesort")[-n_rung:]
-                sub = rows.iloc[order]
-                m = build_model(family, params, task=task, numeric=numeric, categorical=categorical, seed=space.seed)
-                fit(m, sub[features], sub[target].to_numpy(), None if weights is None else weights[order])
-                trial.report(score(metric, y_valid, predict_scores(m, X_valid)), step=0)
-                if trial.should_prune():
-                    sw.__exit__(None, None, None)
-                    result.state, result.wall_seconds, result.cpu_seconds = (
-                        "pruned",
-                        sw.wall_seconds,
-                        sw.cpu_seconds,
-                    )
-                    result.n_train = n_rung
-                    raise optuna.TrialPruned()
-            m = build_model(family, params, task=task, numeric=numeric, categorical=categorical, seed=space.seed)
-            fit(m, rows[features], rows[target].to_numpy(), weights)
-            value = score(metric, y_valid, predict_scores(m, X_valid))
-            trial.report(value, step=1)
-            sw.__exit__(None, None, None)
-            result.score, result.state = float(value), "complete"
-            result.wall_seconds, result.cpu_seconds = sw.wall_seconds, sw.cpu_seconds
-            better = not best_model or (
-                value > best_model["score"] if direction == "maximize" else value < best_model["score"]
-            )
-            if better and math.isfinite(value):
-                best_model.update(score=value, trial=result)
-            return float(value)
-        except optuna.TrialPruned:
-            raise
-        except Exception as exc:
-            sw.__exit__(None, None, None)
-            result.error = f"{type(exc).__name__}: {exc}"
-            result.wall_seconds, result.cpu_seconds = sw.wall_seconds, sw.cpu_seconds
-            raise  # optuna records the trial as failed (catch=Exception) and the search goes on
-        finally:
-            results.append(result)
-            if on_trial is not None:
-                on_trial(result)
+    def ranked_in_top(value: float) -> bool:
+        """A rung score among the best third of every rung score so far (ties go on)."""
+        keep = math.ceil(len(rung_scores) / ETA)
+        ordered = sorted(rung_scores, reverse=maximize)
+        cut = ordered[keep - 1]
+        return value >= cut if maximize else value <= cut
 
-    study = optuna.create_study(
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=min(5, space.trials)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-    )
-    # Trials run one at a time (TPE stays deterministic) and each estimator gets n_jobs threads: HGB's OpenMP
-    # pool would otherwise take every core of the host, whatever the budget says.
-    with threadpool_limits(limits=space.n_jobs):
-        study.optimize(objective, n_trials=space.trials, timeout=space.seconds, catch=(Exception,))
-    if not best_model:
+    def prep_for(p: _Proposal) -> _Prepared:
+        t = p.result
+        if t.window_days not in windows:
+            windows[t.window_days] = window_rows(train, time_column, t.window_days, space.max_rows, space.seed)
+        key = (t.family, t.window_days)
+        if key not in prepared:
+            rows = windows[t.window_days]
+            try:
+                if rows.empty:
+                    raise ValueError(f"no training rows in the last {t.window_days} days")
+                prepared[key] = _prepare(rows, valid, family=t.family, **kw)
+            except Exception as exc:  # a family that cannot even preprocess fails each of its trials
+                prepared[key] = exc
+        got = prepared[key]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def submit(pool: ThreadPoolExecutor, p: _Proposal, rung: bool) -> Any:
+        t = p.result
+        prep = prep_for(p)
+        est = build_model(t.family, t.params, task=task, numeric=numeric, categorical=categorical, seed=space.seed)
+        weights = recency_weights(prep.rows, time_column, p.half_life)
+        return pool.submit(_fit_and_score, prep, est.steps[-1][1], weights, rung, metric, y_valid)
+
+    def run(pool: ThreadPoolExecutor, batch: list[_Proposal], rung: bool) -> None:
+        """Fit a batch side by side; results are read back in trial order, so timing never decides."""
+        futures = []
+        for p in batch:
+            try:
+                futures.append(submit(pool, p, rung and not p.direct))
+            except Exception as exc:
+                futures.append(exc)
+        for p, fut in zip(batch, futures, strict=True):
+            t = p.result
+            try:
+                if isinstance(fut, Exception):
+                    raise fut
+                value, n, sw = fut.result()
+            except Exception as exc:
+                t.state, t.error = "failed", f"{type(exc).__name__}: {exc}"
+                continue
+            t.wall_seconds += sw.wall_seconds
+            t.cpu_seconds += sw.cpu_seconds
+            t.n_train = n
+            if rung and not p.direct:
+                p.rung_score = value
+                p.trial.report(value, step=0)
+                if math.isfinite(value):
+                    rung_scores.append(value)
+            else:
+                t.score, t.state = value, "complete"
+                p.trial.report(value, step=1)
+
+    def propose() -> _Proposal | None:
+        """The next configuration TPE proposes that has not been tried; a repeat is answered from the
+        earlier result (TPE learns from it) and does not count against the budget."""
+        nonlocal asks, n_repeats
+        while asks < ASKS_PER_TRIAL * space.trials:
+            asks += 1
+            trial: Any = study.ask()  # optuna.Trial; its suggestions are typed loosely
+            family = trial.suggest_categorical("family", list(space.families))
+            window = trial.suggest_categorical("window_days", list(space.windows))
+            half_life = trial.suggest_categorical("half_life_days", list(space.recency_half_lives))
+            params = {k: _suggest(trial, f"{family}.{k}", dom) for k, dom in space.families[family].items()}
+            key = (family, window, half_life, tuple(sorted((k, repr(v)) for k, v in params.items())))
+            prior = seen.get(key)
+            if prior is None:
+                t = TrialResult(len(results), family, params, window, half_life, None, "pending", 0.0, 0.0, 0)
+                results.append(t)
+                seen[key] = p = _Proposal(trial, t, half_life)
+                return p
+            n_repeats += 1
+            repeats.append((trial, prior))  # told once the bracket is scored: the prior may be in it
+        return None
+
+    def tell(trial: Any, p: _Proposal) -> None:
+        t = p.result
+        if p.rung_score is not None and trial is not p.trial:
+            trial.report(p.rung_score, step=0)
+        if t.state == "complete" and t.score is not None and math.isfinite(t.score):
+            study.tell(trial, t.score)
+        elif t.state == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trial") as pool:
+        while len(results) < space.trials:
+            if time.perf_counter() - started >= space.seconds:
+                notes.append(f"wall-time budget of {space.seconds:g} s reached after {len(results)} trials")
+                break
+            batch: list[_Proposal] = []
+            size = min(BRACKET, space.trials - len(results))
+            while len(batch) < size:
+                proposal = propose()
+                if proposal is None:
+                    break
+                batch.append(proposal)
+            if not batch:
+                notes.append(f"the space holds only {len(results)} distinct configurations")
+                break
+            for p in batch:
+                try:
+                    p.direct = p.result.family == "baseline" or prep_for(p).rung is None
+                except Exception:
+                    p.direct = True  # it fails in its fit, with the reason recorded
+            run(pool, batch, rung=True)
+            promoted = [p for p in batch if p.rung_score is not None and ranked_in_top(p.rung_score)]
+            have_model = any(t.state == "complete" for t in results)
+            if promoted and time.perf_counter() - started >= space.seconds and have_model:
+                notes.append(
+                    f"wall-time budget of {space.seconds:g} s reached: {len(promoted)} promoted trials not fit"
+                )
+                promoted = []
+            run(pool, promoted, rung=False)
+            for p in batch:
+                if p.result.state == "pending":
+                    p.result.state = "pruned"
+                tell(p.trial, p)
+                if on_trial is not None:
+                    on_trial(p.result)
+            while repeats:
+                tell(*repeats.pop(0))
+    if n_repeats:
+        notes.append(f"TPE proposed {n_repeats} known configurations again; they were answered from the earlier result")
+    complete = [t for t in results if t.state == "complete" and t.score is not None and math.isfinite(t.score)]
+    if not complete:
         errors = "; ".join(f"trial {t.number} {t.family}: {t.error or t.state}" for t in results)
         raise RuntimeError(f"every trial of the sweep failed or was pruned: {errors}")
-    best: TrialResult = best_model["trial"]
-    notes = []
-    if time.perf_counter() - started >= space.seconds:
-        notes.append(f"wall-time budget of {space.seconds:g} s reached after {len(results)} trials")
+    best = min(complete, key=lambda t: (-float(t.score) if maximize else float(t.score), t.number))  # type: ignore[arg-type]
     full = pd.concat([train, valid], ignore_index=True) if refit else train
-    model, n_refit = fit_recipe(
-        full,
-        family=best.family,
-        params=best.params,
-        window_days=best.window_days,
-        half_life_days=best.half_life_days,
-        target=target,
-        time_column=time_column,
-        numeric=numeric,
-        categorical=categorical,
-        task=task,
-        seed=space.seed,
-        max_rows=space.max_rows,
-    )
+    with threadpool_limits(limits=workers):
+        model, n_refit = fit_recipe(
+            full,
+            family=best.family,
+            params=best.params,
+            window_days=best.window_days,
+            half_life_days=best.half_life_days,
+            target=target,
+            time_column=time_column,
+            numeric=numeric,
+            categorical=categorical,
+            task=task,
+            seed=space.seed,
+            max_rows=space.max_rows,
+        )
     total.__exit__(None, None, None)
-    return SweepResult(results, best, model, metric, total.wall_seconds, total.cpu_seconds, n_refit, notes)
+    return SweepResult(results, best, model, metric, total.wall_seconds, total.cpu_seconds, n_refit, notes, workers)

@@ -15,16 +15,23 @@ def _cpu() -> float:
 
 
 class Stopwatch:
+    """Wall and CPU seconds of a block. `thread=True` counts the calling thread's CPU alone: a sweep trial
+    running beside others in the same process must not be charged for its neighbours' work (its estimator
+    runs single-threaded, so its OpenMP regions run on this very thread)."""
+
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
 
+    def __init__(self, thread: bool = False) -> None:
+        self._clock = time.thread_time if thread else _cpu
+
     def __enter__(self) -> Stopwatch:
         self._wall = time.perf_counter()
-        self._cpu = _cpu()
+        self._cpu = self._clock()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.wall_seconds = time.perf_counter() - self._wall
-        self.cpu_seconds = _cpu() - self._cpu
+        self.cpu_seconds = self._clock() - self._cpu

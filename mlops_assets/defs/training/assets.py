@@ -216,6 +216,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "trials_pruned": int(sum(t.state == "pruned" for t in result.trials)),
                 "trials_failed": int(sum(t.state == "failed" for t in result.trials)),
                 "refit_rows": result.refit_rows,
+                "trial_threads": result.workers,
                 "cpu_seconds": round(result.cpu_seconds, 2),
                 "wall_seconds": round(result.wall_seconds, 2),
                 "leaderboard": dg.MetadataValue.md(board.head(20).to_markdown(index=False)),

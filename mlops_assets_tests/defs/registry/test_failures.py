@@ -129,7 +129,7 @@ def test_training_error_leaves_the_champion(world: World, monkeypatch: pytest.Mo
     def broken_fit(*args: Any, **kwargs: Any) -> Any:
         raise MemoryError("injected: the estimator ran out of memory")
 
-    monkeypatch.setattr(automl, "fit", broken_fit)
+    monkeypatch.setattr(automl, "_fit_and_score", broken_fit)  # every fit of every trial
     with dg.DagsterInstance.get() as instance:
         res = retrain(world, instance)
     assert not res.success
