@@ -2,6 +2,8 @@
 
 import datetime as dt
 import json
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.lake import Lake, LocalBackend, S3Backend
 
 CHAMPION_ALIAS = "champion"
-CHAMPION_HISTORY_TAG = "mlops.champion_history"
+CHAMPION_HISTORY_TAG = "mlops.champion_history"  # the whole history in one tag, as earlier versions kept it
+# One tag per move, named so that names sort in time order: two moves at once each add their own entry,
+# where rewriting one shared tag would keep only the last writer's list.
+CHAMPION_MOVE_PREFIX = "mlops.champion_move."
 
 
 class SpecResource(dg.ConfigurableResource):
@@ -162,15 +167,19 @@ class ModelRegistryResource(dg.ConfigurableResource):
         return ChampionInfo(name, str(mv.version), str(mv.run_id), str(mv.source), dict(mv.tags))
 
     def history(self, name: str) -> list[dict[str, Any]]:
+        """Every move of the alias, oldest first: the moves kept one per tag, after any kept in the single
+        history tag of earlier versions."""
         from mlflow.exceptions import MlflowException
 
         try:
-            raw = self.client.get_registered_model(name).tags.get(CHAMPION_HISTORY_TAG)
+            tags = self.client.get_registered_model(name).tags
         except MlflowException as exc:
             if _missing(exc):
                 return []
             raise
-        return list(json.loads(raw)) if raw else []
+        legacy = tags.get(CHAMPION_HISTORY_TAG)
+        moves = [json.loads(tags[k]) for k in sorted(tags) if k.startswith(CHAMPION_MOVE_PREFIX)]
+        return [*(json.loads(legacy) if legacy else []), *moves]
 
     def move_champion(
         self,
@@ -182,33 +191,27 @@ class ModelRegistryResource(dg.ConfigurableResource):
         data_day: str | None = None,
         kind: str = "promote",
     ) -> None:
-        """Point the alias at `version` and append the move to the model's history (MLflow keeps no history
-        of aliases itself, and a rollback needs to know where the alias was before).
+        """Point the alias at `version` and record the move (MLflow keeps no history of aliases itself, and a
+        rollback needs to know where the alias was before).
 
         `kind` (baseline, promote, approve, rollback) lets a rollback tell a move forward from a move back.
-        The alias and its history are two registry writes: when the second fails, the alias is put back, so
-        a registry failure never leaves a champion that no history entry explains."""
+        The alias and its record are two registry writes: when the second fails, the alias is put back, so
+        a registry failure never leaves a champion that no record explains. Each move is its own tag, added
+        and never rewritten, so no move is lost to another made at the same time."""
         previous = self.champion(name)
-        history = self.history(name)
-        history.append(
-            {
-                "version": str(version),
-                "previous": str(previous.version) if previous is not None else None,
-                "kind": kind,
-                "reason": reason,
-                "actor": actor,
-                "data_day": data_day,
-                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            }
-        )
-        # MLflow caps a tag value's length; the newest moves are the ones a person needs.
-        payload = json.dumps(history)
-        while len(payload) > 7500 and len(history) > 1:
-            history = history[1:]
-            payload = json.dumps(history)
+        move = {
+            "version": str(version),
+            "previous": str(previous.version) if previous is not None else None,
+            "kind": kind,
+            "reason": reason[:2000],  # MLflow caps a tag's value; the reason is the only free text
+            "actor": actor,
+            "data_day": data_day,
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        key = f"{CHAMPION_MOVE_PREFIX}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
         try:
-            self.client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, payload)
+            self.client.set_registered_model_tag(name, key, json.dumps(move))
         except Exception:
             if previous is not None:
                 self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(previous.version))

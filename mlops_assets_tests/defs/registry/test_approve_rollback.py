@@ -21,7 +21,7 @@ import pytest
 from mlops_assets.cli import main as cli_main
 from mlops_assets.config import Settings
 from mlops_assets.defs.monitoring.sensors import training_run_config
-from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
+from mlops_assets.defs.resources import ModelRegistryResource
 from mlops_assets.replay import QUIET
 from mlops_assets_tests.defs.registry.project import MODEL, bootstrap_and_ingest, isolated_project
 
@@ -84,13 +84,13 @@ def test_a_better_challenger_waits_as_pending_and_the_champion_stays(world: Worl
 def test_approving_an_unknown_or_not_pending_version_is_refused(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    history = world.registry.client.get_registered_model(MODEL).tags[CHAMPION_HISTORY_TAG]
+    history = world.registry.history(MODEL)
     assert cli_main(["approve", "999", "--actor", "alice"]) == 1
     assert "has no version '999'" in capsys.readouterr().err
     assert cli_main(["approve", world.baseline, "--actor", "alice"]) == 1
     assert "not waiting for approval (gate: first_model)" in capsys.readouterr().err
     assert champion_version(world) == world.baseline
-    assert world.registry.client.get_registered_model(MODEL).tags[CHAMPION_HISTORY_TAG] == history
+    assert world.registry.history(MODEL) == history
 
 
 def test_approve_promotes_the_pending_version_and_records_the_actor(

@@ -7,6 +7,7 @@ beats it), so an unchanged champion means the failure stopped the move, not the 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ import mlops_assets.defs.ingestion.assets as ingestion_assets
 import mlops_assets.ml.automl as automl
 from mlops_assets.datasets.sources import SourceError
 from mlops_assets.defs.monitoring.sensors import training_run_config
-from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
+from mlops_assets.defs.resources import CHAMPION_MOVE_PREFIX, ModelRegistryResource
 from mlops_assets.replay import QUIET
 from mlops_assets.storage.models import artifact_digest, load_verified
 from mlops_assets_tests.defs.registry.project import MODEL, Project, bootstrap_and_ingest, isolated_project
@@ -61,7 +62,7 @@ def snapshot(world: World) -> ChampionState:
         champ.version,
         champ.model_sha256,
         artifact_digest(f"models:/{MODEL}@champion", tracking),
-        str(reg.client.get_registered_model(MODEL).tags.get(CHAMPION_HISTORY_TAG)),
+        json.dumps(reg.history(MODEL)),
         frozenset(str(v.version) for v in reg.client.search_model_versions(f"name='{MODEL}'")),
     )
 
@@ -169,7 +170,7 @@ def test_registry_failing_between_alias_and_history_puts_the_alias_back(
     real = MlflowClient.set_registered_model_tag
 
     def flaky(self: MlflowClient, name: str, key: str, value: Any) -> None:
-        if key == CHAMPION_HISTORY_TAG:
+        if key.startswith(CHAMPION_MOVE_PREFIX):
             raise MlflowException("injected: the registry went away")
         real(self, name, key, value)
 
