@@ -14,7 +14,7 @@ from mlops_assets.ml.evaluate import Comparison
 @dataclass(frozen=True)
 class GatePolicy:
     min_delta: float = 0.002  # required improvement in metric units (positive = better)
-    confidence: float = 0.95  # level of the paired-bootstrap interval whose lower bound must exceed 0
+    confidence: float = 0.95  # level of the paired-bootstrap interval whose lower bound must reach min_delta
     max_slice_regression: float = 0.02  # no slice may be worse than the champion by more than this
     require_approval: bool = False
     min_slice_rows: int = 1000  # smaller slices are reported but cannot veto (their metric is mostly noise)
@@ -63,6 +63,17 @@ def decide_promotion(
         return PromotionDecision(False, "rejected", f"improvement below the margin {policy.min_delta:g}: {nums}")
     if not c.ci_low > 0:
         return PromotionDecision(False, "rejected", f"improvement not significant (CI includes 0): {nums}")
+    if c.ci_low < policy.min_delta:
+        # "Better by the margin, with confidence" is the interval's lower bound at the margin, not the point
+        # estimate: a challenger that is only surely better than nothing is a coin toss on the next month.
+        # On the flights replay, one promoted this way (CI low +0.0002, margin 0.003) lost October to the
+        # champion it replaced.
+        return PromotionDecision(
+            False,
+            "rejected",
+            f"improvement not shown to reach the margin {policy.min_delta:g} with {c.confidence:.0%} confidence: "
+            f"{nums}",
+        )
     judged = c.slices[c.slices["n"] >= policy.min_slice_rows] if len(c.slices) else c.slices
     worst = judged.sort_values("delta").iloc[0] if len(judged) else None
     if worst is not None and worst["delta"] < -policy.max_slice_regression:

@@ -81,6 +81,15 @@ def test_a_big_but_uncertain_gain_is_not_significant() -> None:
     assert not d.promote and "not significant" in d.reason and "[-0.0020, +0.0220]" in d.reason
 
 
+def test_a_gain_surely_above_zero_but_not_surely_above_the_margin_is_rejected() -> None:
+    policy = GatePolicy(min_delta=0.003)
+    d = decide_promotion(comparison(0.0156, 0.0002, 0.0323), policy, champion_is_baseline=False)
+    assert not d.promote and "not shown to reach the margin 0.003 with 95% confidence" in d.reason
+    assert "[+0.0002, +0.0323]" in d.reason
+    ok = decide_promotion(comparison(0.0156, 0.003, 0.0323), policy, champion_is_baseline=False)
+    assert ok.promote and ok.status == "promoted"  # the bound exactly at the margin is enough
+
+
 def test_only_slices_large_enough_can_veto() -> None:
     slices = pd.DataFrame(
         {
