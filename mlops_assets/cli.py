@@ -66,15 +66,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    # an S3 source is read through the deployment's resource (credentials, endpoint): not from here
-    skip_data = args.no_data or spec.source.kind == "s3"
-    problems = [] if skip_data else check_spec_data(spec)
+    # an S3 source is mirrored with the deployment's credentials and endpoint (AWS_*, MLOPS_S3_ENDPOINT_URL)
+    problems = [] if args.no_data else check_spec_data(spec)
     if problems:
         print(f"{args.spec}: {len(problems)} problem(s) against its data", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
-    checked = "" if args.no_data else " (S3 source: data not checked)" if skip_data else ", checked against its data"
+    checked = "" if args.no_data else ", checked against its data"
     print(
         f"{args.spec}: valid ({spec.name}: {spec.task}, {len(spec.feature_names)} features, metric {spec.metric}"
         f"{checked})"

@@ -344,18 +344,25 @@ def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
 
 def _sample(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
     """Up to SAMPLE_ROWS rows of the source as delivered (text for a CSV file, as the pipeline reads it)."""
-    from mlops_assets.datasets.sources import read_source_file, source_files
+    from mlops_assets.datasets.sources import read_source_file, s3_objects, source_files
 
-    files = source_files(spec.source)
+    src = spec.source
+    if src.kind == "s3":
+        objects = s3_objects(src)
+        files, names = [o.path for o in objects], [o.uri for o in objects]
+    else:
+        files = source_files(src)
+        names = [str(f) for f in files]
     if not files:
-        raise FileNotFoundError(f"source: no file matches {spec.source.pattern!r} in {spec.source.path}")
-    if spec.source.kind == "package":
+        where = f"s3://{src.bucket}/{src.prefix or ''}" if src.kind == "s3" else src.path
+        raise FileNotFoundError(f"source: no file matches {src.pattern!r} in {where}")
+    if src.kind == "package":
         df = read_source_file(files[0])
-        return df.head(SAMPLE_ROWS) if len(df) > SAMPLE_ROWS else df, str(files[0])
+        return df.head(SAMPLE_ROWS) if len(df) > SAMPLE_ROWS else df, names[0]
     con = _connect()
     try:
         rel = _relation_sql(files[0], all_varchar=True)
-        return con.execute(f"SELECT * FROM {rel} LIMIT {SAMPLE_ROWS}").df(), str(files[0])
+        return con.execute(f"SELECT * FROM {rel} LIMIT {SAMPLE_ROWS}").df(), names[0]
     finally:
         con.close()
 
@@ -539,7 +546,7 @@ def _check_feature_sql(spec: DatasetSpec, raw: pd.DataFrame, where: str) -> list
     wrongly is caught here rather than on the first day of a replay."""
     import tempfile
 
-    from mlops_assets.datasets.sources import read_table
+    from mlops_assets.datasets.sources import EVENT_TIME_COLUMN, SOURCE_ROW_COLUMN, event_time_sql, read_table
     from mlops_assets.datasets.validate import validate_day
     from mlops_assets.storage.feature_store import FeatureStore
 
@@ -548,10 +555,13 @@ def _check_feature_sql(spec: DatasetSpec, raw: pd.DataFrame, where: str) -> list
         try:
             for lk in spec.features.lookups:
                 store.load_lookup(lk.name, read_table(lk.source))
+            # the event time as the reader computes it: a CSV's text columns cast to their schema types first
+            numbered = raw.assign(**{SOURCE_ROW_COLUMN: range(1, len(raw) + 1)})
             con = _connect()
-            con.register("raw", raw)
-            when = con.execute(f"SELECT CAST(TRY({spec.event_time}) AS DATE) AS d FROM raw").df()["d"]
+            con.register("raw", numbered)
+            when = con.execute(event_time_sql(spec, list(numbered.columns), "raw")).df()[EVENT_TIME_COLUMN]
             con.close()
+            raw = raw.assign(**{EVENT_TIME_COLUMN: when.to_numpy()})
             days = pd.to_datetime(when).dt.date
             day = days.dropna().iloc[0] if days.notna().any() else spec.replay.start
             outcome = validate_day(spec, day, raw[(days == day).to_numpy()].reset_index(drop=True), [where])

@@ -71,16 +71,17 @@ def keep_file(lake: Lake, dataset: str, source: SourceFile) -> str:
     backend = lake.backend
     if backend.exists(key):
         return key
+    local = source.local or source.path
     if isinstance(backend, LocalBackend):
         dest = backend.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(source.path, tmp)
+        shutil.copyfile(local, tmp)
         os.replace(tmp, dest)  # atomic: a killed run never leaves half a file under the final name
     elif isinstance(backend, S3Backend):
-        backend.client.upload_file(source.path, backend.bucket, backend._key(key))  # multipart, streamed
+        backend.client.upload_file(local, backend.bucket, backend._key(key))  # multipart, streamed
     else:
-        backend.put(key, Path(source.path).read_bytes())
+        backend.put(key, Path(local).read_bytes())
     return key
 
 

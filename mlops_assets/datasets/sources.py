@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mlops_assets.config import DatasetSpec, SourceSpec
+from mlops_assets.datasets.s3_source import MirroredObject, S3SourceError, mirror, mirror_dir, s3_client
 
 TIMEZONE = "UTC"
 SOURCE_FILE_COLUMN = "_source_file"
@@ -72,6 +73,7 @@ class SourceFile:
     rows: int = 0  # data rows in the whole file (all days)
     columns: list[str] = field(default_factory=list)
     note: str = ""  # "empty file (0 bytes)", "header only", "unreadable: ..."
+    local: str = ""  # where the bytes were read from, when `path` names a remote object (s3://...)
 
     def describe(self) -> str:
         what = self.note or f"{self.rows} rows"
@@ -157,7 +159,17 @@ def file_sha256(path: Path) -> str:
     return _digest(str(path), st.st_size, st.st_mtime_ns)
 
 
+def s3_objects(source: SourceSpec) -> list[MirroredObject]:
+    """The S3 prefix's selected objects, mirrored locally (only new or changed versions are downloaded)."""
+    try:
+        return mirror(s3_client(), source, mirror_dir())
+    except S3SourceError as exc:
+        raise SourceError(str(exc)) from exc
+
+
 def source_files(source: SourceSpec) -> list[Path]:
+    if source.kind == "s3":
+        return [o.path for o in s3_objects(source)]
     if source.kind == "package":
         assert source.package and source.path
         return [package_file(source.package, source.path)]
@@ -173,7 +185,7 @@ def source_files(source: SourceSpec) -> list[Path]:
         if not folder.is_dir():
             raise SourceError(f"{folder}: the source folder does not exist")
         return sorted(p for p in folder.glob(source.pattern) if p.is_file() and not p.name.startswith("."))
-    raise SourceError(f"source kind {source.kind!r} is read through the S3 resource, not from local files")
+    raise SourceError(f"unknown source kind {source.kind!r}")
 
 
 def read_table(source: SourceSpec) -> pd.DataFrame:
@@ -471,6 +483,9 @@ def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
 
             orphan_df[REASON_COLUMN] = [_orphan_reason(spec, t) for t in orphan_df[EVENT_TIME_COLUMN]]
         return Delivery(day, _concat(rows), infos, orphan_df)
+    origins = {str(o.path): o.uri for o in s3_objects(spec.source)} if spec.source.kind == "s3" else {}
+    if origins:
+        files = [Path(p) for p in origins]
     rows, orphans, infos, problems = [], [], [], []
     for p in files:
         try:
@@ -482,7 +497,25 @@ def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
         rows.append(day_rows)
         orphans.append(orphan_rows)
         infos.append(info)
-    return Delivery(day, _concat(rows), infos, _concat(orphans), problems)
+    delivery = Delivery(day, _concat(rows), infos, _concat(orphans), problems)
+    return _named_by_origin(delivery, origins) if origins else delivery
+
+
+def _named_by_origin(d: Delivery, origins: dict[str, str]) -> Delivery:
+    """Name mirrored files by their S3 URI everywhere a person reads them (rows' source file, messages), and
+    keep the local copy's path for the byte-for-byte copy into the lake."""
+    for f in d.files:
+        f.local, f.path = f.path, origins.get(f.path, f.path)
+    for frame in (d.rows, d.orphans):
+        if SOURCE_FILE_COLUMN in frame:
+            frame[SOURCE_FILE_COLUMN] = frame[SOURCE_FILE_COLUMN].map(lambda v: origins.get(v, v))
+    problems = []
+    for p in d.problems:
+        for local, uri in origins.items():
+            p = p.replace(local, uri)
+        problems.append(p)
+    d.problems = problems
+    return d
 
 
 def read_day(spec: DatasetSpec, day: dt.date) -> tuple[pd.DataFrame, list[str]]:
