@@ -465,7 +465,10 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
     """Everything the source holds for `day`, file by file; never raises for a bad file (the problem is
     returned, naming the file), only for a source that does not exist at all."""
-    files = source_files(spec.source)
+    # an S3 prefix is listed (and mirrored) once: its files are named by their URI in everything returned
+    objects = s3_objects(spec.source) if spec.source.kind == "s3" else []
+    origins = {str(o.path): o.uri for o in objects}
+    files = [o.path for o in objects] if spec.source.kind == "s3" else source_files(spec.source)
     if spec.source.kind == "package":
         # a file shipped in a package never changes: index it by day once per process
         rows, orphans, infos = [], [], []
@@ -483,9 +486,6 @@ def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
 
             orphan_df[REASON_COLUMN] = [_orphan_reason(spec, t) for t in orphan_df[EVENT_TIME_COLUMN]]
         return Delivery(day, _concat(rows), infos, orphan_df)
-    origins = {str(o.path): o.uri for o in s3_objects(spec.source)} if spec.source.kind == "s3" else {}
-    if origins:
-        files = [Path(p) for p in origins]
     rows, orphans, infos, problems = [], [], [], []
     for p in files:
         try:
