@@ -344,15 +344,11 @@ def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
 
 def _sample(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
     """Up to SAMPLE_ROWS rows of the source as delivered (text for a CSV file, as the pipeline reads it)."""
-    from mlops_assets.datasets.sources import read_source_file, s3_objects, source_files
+    from mlops_assets.datasets.sources import named_source_files, read_source_file
 
     src = spec.source
-    if src.kind == "s3":
-        objects = s3_objects(src)
-        files, names = [o.path for o in objects], [o.uri for o in objects]
-    else:
-        files = source_files(src)
-        names = [str(f) for f in files]
+    named = named_source_files(src)
+    files, names = [p for p, _ in named], [n for _, n in named]
     if not files:
         where = f"s3://{src.bucket}/{src.prefix or ''}" if src.kind == "s3" else src.path
         raise FileNotFoundError(f"source: no file matches {src.pattern!r} in {where}")

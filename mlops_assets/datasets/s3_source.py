@@ -35,18 +35,16 @@ class MirroredObject:
     size: int
 
 
-def s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
-    """A boto3 S3 client built by dagster-aws (retries, endpoint, profile) from explicit settings or env."""
+def s3_client() -> Any:
+    """A boto3 S3 client built by dagster-aws (retries, profile); the endpoint from MLOPS_S3_ENDPOINT_URL, the
+    region and credentials from boto3's own chain (AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, ...)."""
     from dagster_aws.s3 import S3Resource
 
-    return S3Resource(
-        endpoint_url=endpoint_url or os.environ.get("MLOPS_S3_ENDPOINT_URL") or None,
-        region_name=region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-    ).get_client()
+    return S3Resource(endpoint_url=os.environ.get("MLOPS_S3_ENDPOINT_URL") or None).get_client()
 
 
-def mirror_dir(settings: Settings | None = None) -> Path:
-    return (settings or Settings.from_env()).data_dir / "sources" / "s3"
+def mirror_dir() -> Path:
+    return Settings.from_env().data_dir / "sources" / "s3"
 
 
 def _matches(relative: str, pattern: str) -> bool:

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mlops_assets.config import DatasetSpec, SourceSpec
-from mlops_assets.datasets.s3_source import MirroredObject, S3SourceError, mirror, mirror_dir, s3_client
+from mlops_assets.datasets.s3_source import S3SourceError, mirror, mirror_dir, s3_client
 
 TIMEZONE = "UTC"
 SOURCE_FILE_COLUMN = "_source_file"
@@ -159,17 +159,24 @@ def file_sha256(path: Path) -> str:
     return _digest(str(path), st.st_size, st.st_mtime_ns)
 
 
-def s3_objects(source: SourceSpec) -> list[MirroredObject]:
-    """The S3 prefix's selected objects, mirrored locally (only new or changed versions are downloaded)."""
+def named_source_files(source: SourceSpec) -> list[tuple[Path, str]]:
+    """(the local file to read, the name a person knows it by) for every file of the source: the same for
+    local files; for an S3 prefix, each object's mirrored copy and its s3:// URI (only new or changed
+    versions are downloaded)."""
+    if source.kind != "s3":
+        return [(p, str(p)) for p in _local_files(source)]
     try:
-        return mirror(s3_client(), source, mirror_dir())
+        return [(o.path, o.uri) for o in mirror(s3_client(), source, mirror_dir())]
     except S3SourceError as exc:
         raise SourceError(str(exc)) from exc
 
 
 def source_files(source: SourceSpec) -> list[Path]:
-    if source.kind == "s3":
-        return [o.path for o in s3_objects(source)]
+    """The local files to read (for an S3 prefix, the mirrored copies)."""
+    return [p for p, _ in named_source_files(source)]
+
+
+def _local_files(source: SourceSpec) -> list[Path]:
     if source.kind == "package":
         assert source.package and source.path
         return [package_file(source.package, source.path)]
@@ -465,10 +472,9 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
     """Everything the source holds for `day`, file by file; never raises for a bad file (the problem is
     returned, naming the file), only for a source that does not exist at all."""
-    # an S3 prefix is listed (and mirrored) once: its files are named by their URI in everything returned
-    objects = s3_objects(spec.source) if spec.source.kind == "s3" else []
-    origins = {str(o.path): o.uri for o in objects}
-    files = [o.path for o in objects] if spec.source.kind == "s3" else source_files(spec.source)
+    named = named_source_files(spec.source)  # an S3 prefix is listed (and mirrored) once per delivery
+    files = [p for p, _ in named]
+    origins = {str(p): name for p, name in named if str(p) != name}
     if spec.source.kind == "package":
         # a file shipped in a package never changes: index it by day once per process
         rows, orphans, infos = [], [], []
