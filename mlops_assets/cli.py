@@ -19,9 +19,13 @@ if TYPE_CHECKING:
 def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "data_dir", None):
         os.environ["MLOPS_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    settings = Settings.from_env()
     if getattr(args, "spec", None):
+        # A command acts on one dataset; the deployment may list several (MLOPS_SPECS), each kept apart.
         os.environ["MLOPS_SPEC"] = str(Path(args.spec).resolve())
-    return Settings.from_env()
+        os.environ.pop("MLOPS_SPECS", None)
+        settings = settings.with_spec(args.spec)
+    return settings
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

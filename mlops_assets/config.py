@@ -333,15 +333,19 @@ def _load_spec(path: Path, mtime_ns: int) -> DatasetSpec:
 
 
 class Settings(BaseModel):
-    """Where things live. Embedded defaults put everything under one data folder; production overrides each
-    location with an environment variable, so switching profiles is configuration, not code."""
+    """Where things live. Embedded defaults put everything under one data folder (`./data` of the folder the
+    command runs in, never beside the installed package); production overrides each location with an
+    environment variable, so switching profiles is configuration, not code.
+
+    A deployment holds one or more datasets (`MLOPS_SPECS`, a comma-separated list of spec files, or the
+    single `MLOPS_SPEC`); each gets its own key prefix, jobs, sensor, schedules and feature store, and
+    shares only the code, the lake, the registry and the instance."""
 
     model_config = ConfigDict(frozen=True)
 
     data_dir: Path
-    spec_path: Path
+    spec_paths: tuple[Path, ...]
     lake_uri: str
-    duckdb_path: Path
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     profile: Literal["embedded", "production"]
@@ -351,24 +355,49 @@ class Settings(BaseModel):
     executor: Literal["in_process", "multiprocess", "celery"]
     celery_broker: str
     celery_backend: str
+    # The offline feature store: one DuckDB file per dataset (embedded: one writer at a time, which the
+    # dataset's concurrency pool and a lock wait guarantee), or partitioned Parquet on the lake read by
+    # DuckDB (production: each partition written by whichever worker runs it, no single-writer file).
+    feature_store: Literal["duckdb", "parquet"] = "duckdb"
+    # The online rows (newest feature row per entity) for the API: Redis in production, else the offline store.
+    online_redis_url: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        data_dir = Path(env.get("MLOPS_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+        data_dir = Path(env.get("MLOPS_DATA_DIR") or Path.cwd() / "data").resolve()
         profile = env.get("MLOPS_PROFILE", "embedded")
+        listed = env.get("MLOPS_SPECS") or env.get("MLOPS_SPEC") or str(DEFAULT_SPEC)
+        specs = tuple(Path(p.strip()).resolve() for p in listed.split(",") if p.strip())
         return cls(
             data_dir=data_dir,
-            spec_path=Path(env.get("MLOPS_SPEC", DEFAULT_SPEC)),
+            spec_paths=specs,
             lake_uri=env.get("MLOPS_LAKE_URI", str(data_dir / "lake")),
-            duckdb_path=Path(env.get("MLOPS_DUCKDB_PATH", data_dir / "feature_store.duckdb")),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifact_root=env.get("MLOPS_MLFLOW_ARTIFACT_ROOT", str(data_dir / "mlflow" / "artifacts")),
             profile=profile,  # type: ignore[arg-type]
             executor=env.get("MLOPS_EXECUTOR", "celery" if profile == "production" else "in_process"),  # type: ignore[arg-type]
             celery_broker=env.get("MLOPS_CELERY_BROKER", "redis://127.0.0.1:6379/0"),
             celery_backend=env.get("MLOPS_CELERY_BACKEND", "redis://127.0.0.1:6379/1"),
+            feature_store=env.get(  # type: ignore[arg-type]
+                "MLOPS_FEATURE_STORE", "parquet" if profile == "production" else "duckdb"
+            ),
+            online_redis_url=env.get("MLOPS_ONLINE_REDIS_URL") or None,
         )
+
+    @property
+    def spec_path(self) -> Path:
+        """The deployment's first dataset: what a single-dataset command acts on when no --spec is given."""
+        return self.spec_paths[0]
+
+    def with_spec(self, path: str | Path) -> Settings:
+        """The same deployment narrowed to one dataset (a replay, a CLI command)."""
+        return self.model_copy(update={"spec_paths": (Path(path).resolve(),)})
+
+    @property
+    def feature_store_uri(self) -> str:
+        """Where the Parquet feature store keeps its partitions: a folder of the lake, local or S3."""
+        return f"{self.lake_uri.rstrip('/')}/feature_store"
 
     @property
     def reports_dir(self) -> Path:

@@ -8,6 +8,7 @@ replay is deterministic and needs no server, but everything lands in DAGSTER_HOM
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -22,7 +23,9 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings, load_spec
-from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_REASON, TAG_TRIGGER
+from mlops_assets.defs import names
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_DATASET, TAG_REASON, TAG_TRIGGER
+from mlops_assets.storage.stores import duckdb_file
 
 RUN_KEY_TAG = "dagster/run_key"
 # Every event still goes to the instance (the UI shows it all); only the console is kept for warnings.
@@ -54,30 +57,64 @@ class ReplayResult:
     days: list[DayRecord]
     retrains: list[dict[str, Any]]
     wall_seconds: float
+    home: Path
 
 
-def prepare_home(settings: Settings, *, fresh: bool) -> Path:
-    """Lay out the embedded profile under the data folder; a fresh replay starts from nothing."""
-    home = Path(os.environ.get("DAGSTER_HOME", settings.data_dir / "dagster_home")).resolve()
-    if fresh:
-        for p in [
-            home,
-            settings.duckdb_path,
-            settings.data_dir / "lake",
-            settings.data_dir / "mlflow",
-            settings.data_dir / "io",
-            settings.reports_dir,
-        ]:
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+def instance_template() -> Path:
+    """The embedded `dagster.yaml`: shipped inside the package (a wheel has no checkout around it), or the
+    checkout's own when running from one."""
+    shipped = Path(__file__).resolve().parent / "deploy" / "dagster.yaml"
+    return shipped if shipped.exists() else PROJECT_ROOT / "dagster.yaml"
+
+
+def prepare_home(settings: Settings, spec: DatasetSpec, *, fresh: bool) -> Path:
+    """Lay out the embedded profile under the data folder. A fresh replay starts the dataset from nothing and
+    leaves every other dataset of the same folder and instance as it was."""
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    template = PROJECT_ROOT / "dagster.yaml"
+    template = instance_template()
     if template.exists() and not (home / "dagster.yaml").exists():
         shutil.copy(template, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
+    if fresh:
+        forget_dataset(settings, spec)
     return home
+
+
+def forget_dataset(settings: Settings, spec: DatasetSpec) -> None:
+    """Remove one dataset's state: its feature store, its lake folders, IO outputs and reports, its registered
+    model, and its runs and materializations in the instance."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = duckdb_file(settings.data_dir, spec.name)
+    doomed = [store, store.with_suffix(".duckdb.wal"), store.with_suffix(".duckdb.tmp")]
+    doomed += [settings.data_dir / "io" / spec.name, settings.reports_dir / spec.name]
+    lake = settings.data_dir / "lake"
+    if not settings.lake_uri.startswith("s3://") and lake.is_dir():
+        doomed += [area / spec.name for area in lake.iterdir() if area.is_dir()]
+        doomed += [lake / "feature_store" / spec.name]
+    for p in doomed:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+        if db.exists():
+            client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+            with contextlib.suppress(MlflowException):  # never registered
+                client.delete_registered_model(spec.model_name)
+    with dg.DagsterInstance.get() as instance:
+        prefix = names.job_name(spec.name, "")
+        for rec in instance.get_run_records(filters=dg.RunsFilter(tags={TAG_DATASET: spec.name})):
+            instance.delete_run(rec.dagster_run.run_id)
+        for run in instance.get_runs():
+            if run.job_name.startswith(prefix):
+                instance.delete_run(run.run_id)
+        keys = [k for k in instance.get_asset_keys() if k.path and k.path[0] == spec.name]
+        if keys:
+            instance.wipe_assets(keys)
 
 
 def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
@@ -89,20 +126,20 @@ def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     return total
 
 
-def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, Any]:
+def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dict[str, Any]:
     ev = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
     ).records
     if not ev or ev[0].asset_materialization is None:
         return {}
     return {k: getattr(v, "value", v) for k, v in ev[0].asset_materialization.metadata.items()}
 
 
-def _run_metadata(instance: dg.DagsterInstance, run_id: str, asset: str) -> dict[str, Any]:
+def _run_metadata(instance: dg.DagsterInstance, run_id: str, asset: dg.AssetKey) -> dict[str, Any]:
     conn = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
     for rec in conn.records:
         mat = rec.event_log_entry.asset_materialization
-        if mat is not None and mat.asset_key == dg.AssetKey(asset):
+        if mat is not None and mat.asset_key == asset:
             return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
     return {}
 
@@ -121,19 +158,22 @@ def replay(
     from mlops_assets.definitions import build_defs
 
     spec = load_spec(spec_path)
-    settings = settings.model_copy(update={"spec_path": Path(spec_path)})
-    prepare_home(settings, fresh=fresh)
+    settings = settings.with_spec(spec_path)
+    home = prepare_home(settings, spec, fresh=fresh)
     defs = build_defs(settings)
-    daily = defs.resolve_job_def("daily_job")
-    retrain = defs.resolve_job_def(RETRAIN_JOB)
-    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    daily = defs.resolve_job_def(names.job_name(spec.name, "daily_job"))
+    retrain = defs.resolve_job_def(names.job_name(spec.name, RETRAIN_JOB))
+    sensor_name = names.job_name(spec.name, SENSOR_NAME)
+    sensor = defs.resolve_sensor_def(sensor_name)
     days_range = [d for d in _days(start or spec.replay.start, end or spec.replay.end)]
     records: list[DayRecord] = []
     retrains: list[dict[str, Any]] = []
     launched: set[str] = set()
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
+        defs.resolve_job_def(names.job_name(spec.name, "bootstrap_job")).execute_in_process(
+            instance=instance, run_config=QUIET
+        )
         cursor = None
         for day in days_range:
             pk = day.isoformat()
@@ -141,15 +181,10 @@ def replay(
             res = daily.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False, run_config=QUIET)
             wall = time.perf_counter() - t
             steps = _step_seconds(instance, res.run_id)
-            raw_md = _latest_metadata(instance, "raw_batches", pk)
-            drift_md = _latest_metadata(instance, "drift_report", pk)
-            perf_md = _latest_metadata(instance, "performance_report", pk)
-            ctx = dg.build_sensor_context(
-                instance=instance,
-                cursor=cursor,
-                sensor_name=SENSOR_NAME,
-                resources={"spec": (defs.resources or {})["spec"]},
-            )
+            raw_md = _latest_metadata(instance, names.asset_key(spec.name, "raw_batches"), pk)
+            drift_md = _latest_metadata(instance, names.asset_key(spec.name, "drift_report"), pk)
+            perf_md = _latest_metadata(instance, names.asset_key(spec.name, "performance_report"), pk)
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=sensor_name)
             ctx.log.setLevel(logging.WARNING)  # the decision goes to the summary and the bar, not a line a day
             result = sensor(ctx)
             assert isinstance(result, dg.SensorResult)
@@ -160,7 +195,7 @@ def replay(
                 decision = rr.tags.get(TAG_REASON, "retrain")
                 if rr.run_key not in launched:
                     launched.add(rr.run_key or "")
-                    retrain_info = _run_retrain(instance, retrain, rr, day)
+                    retrain_info = _run_retrain(instance, retrain, rr, day, spec.name, sensor_name)
                     retrains.append(retrain_info)
                     mlflow.end_run()  # dagster-mlflow leaves the run active in this process on a skipped step
             else:
@@ -182,19 +217,21 @@ def replay(
             records.append(rec)
             if on_day:
                 on_day(rec)
-    return ReplayResult(spec, settings, records, retrains, time.perf_counter() - t0)
+    return ReplayResult(spec, settings, records, retrains, time.perf_counter() - t0, home)
 
 
-def _run_retrain(instance: dg.DagsterInstance, job: Any, rr: dg.RunRequest, day: dt.date) -> dict[str, Any]:
-    tags = {**rr.tags, SENSOR_TAG: SENSOR_NAME, RUN_KEY_TAG: rr.run_key or ""}
+def _run_retrain(
+    instance: dg.DagsterInstance, job: Any, rr: dg.RunRequest, day: dt.date, dataset: str, sensor_name: str
+) -> dict[str, Any]:
+    tags = {**rr.tags, SENSOR_TAG: sensor_name, RUN_KEY_TAG: rr.run_key or ""}
     t = time.perf_counter()
     res = job.execute_in_process(
         instance=instance, run_config={**rr.run_config, **QUIET}, tags=tags, raise_on_error=False
     )
     wall = time.perf_counter() - t
-    cand = _run_metadata(instance, res.run_id, "candidate_models")
-    ev = _run_metadata(instance, res.run_id, "evaluation_report")
-    champ = _run_metadata(instance, res.run_id, "champion")
+    cand = _run_metadata(instance, res.run_id, names.asset_key(dataset, "candidate_models"))
+    ev = _run_metadata(instance, res.run_id, names.asset_key(dataset, "evaluation_report"))
+    champ = _run_metadata(instance, res.run_id, names.asset_key(dataset, "champion"))
     return {
         "day": day,
         "run_id": res.run_id,

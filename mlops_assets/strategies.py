@@ -25,8 +25,8 @@ from mlops_assets.ml.automl import SearchSpace, fit_recipe, window_rows
 from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.evaluate import score
 from mlops_assets.ml.models import predict_scores
-from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.models import load_verified
+from mlops_assets.storage.stores import store_for
 
 if TYPE_CHECKING:  # the daily refits run in worker processes that import this module: keep Dagster out of them
     from mlops_assets.defs.resources import ModelRegistryResource
@@ -73,7 +73,7 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     from mlops_assets.defs.resources import ModelRegistryResource
 
     spec, settings = result.spec, result.settings
-    store = FeatureStore(settings.duckdb_path, spec)
+    store = store_for(settings, spec)
     registry = ModelRegistryResource(
         tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
     )

@@ -7,13 +7,13 @@ import pandas as pd
 
 from mlops_assets.ml.evaluate import score
 from mlops_assets.replay import ReplayResult
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.stores import store_for
 
 
 def served_metric_by(result: ReplayResult, freq: str) -> pd.Series:
     """The metric of what was actually served (the prediction log scored against labels), per period."""
     spec = result.spec
-    store = FeatureStore(result.settings.duckdb_path, spec)
+    store = store_for(result.settings, spec)
     first, last = result.days[0].day, result.days[-1].day
     scored = store.scored_labels(first, last)
     if scored.empty:
@@ -113,5 +113,9 @@ def render_summary(result: ReplayResult, *, compare: bool = True) -> str:
         cmp = compare_strategies(result)
         out += ["", cmp.render()]
     out.append("")
-    out.append(f"UI: make ui (DAGSTER_HOME={result.settings.data_dir / 'dagster_home'}); MLflow: make mlflow-ui")
+    out.append(
+        f"UI: MLOPS_SPEC={result.settings.spec_path} MLOPS_DATA_DIR={result.settings.data_dir} "
+        f"DAGSTER_HOME={result.home} dagster dev -m mlops_assets.definitions; MLflow: "
+        f"mlflow ui --backend-store-uri {result.settings.mlflow_tracking_uri}"
+    )
     return "\n".join(out)

@@ -6,10 +6,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import yaml
 
 from mlops_assets.config import DEFAULT_SPEC, Settings
+from mlops_assets.defs import names
 
 TOY_SPEC: dict[str, Any] = {
     "name": "toy",
@@ -71,7 +73,21 @@ DEPLOYMENT_VARS = (
     "MLOPS_EXECUTOR",
     "MLOPS_MLFLOW_ARTIFACT_ROOT",
     "MLOPS_SPEC",
+    "MLOPS_SPECS",
+    "MLOPS_FEATURE_STORE",
+    "MLOPS_ONLINE_REDIS_URL",
 )
+FLIGHTS = "flights"  # the shipped spec's dataset name: its assets live under this key prefix
+
+
+def akey(name: str, dataset: str = FLIGHTS) -> dg.AssetKey:
+    """An asset's key in a deployment: under its dataset's prefix."""
+    return names.asset_key(dataset, name)
+
+
+def job(name: str, dataset: str = FLIGHTS) -> str:
+    """A job's (sensor's, schedule's) name in a deployment: prefixed by its dataset's."""
+    return names.job_name(dataset, name)
 
 
 @pytest.fixture

@@ -47,7 +47,6 @@ def test_metric_must_fit_the_task(tmp_path: Path) -> None:
 
 def test_settings_default_under_data_dir_and_follow_the_environment(tmp_path: Path) -> None:
     s = Settings.from_env({"MLOPS_DATA_DIR": str(tmp_path)})
-    assert s.duckdb_path == tmp_path / "feature_store.duckdb"
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     assert s.profile == "embedded"
     p = Settings.from_env(

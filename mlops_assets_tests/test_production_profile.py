@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.config import PROJECT_ROOT
-from mlops_assets_tests.conftest import fast_flights_spec
+from mlops_assets_tests.conftest import akey, fast_flights_spec, job
 from mlops_assets_tests.services import s3_server
 
 pytestmark = pytest.mark.e2e
@@ -139,10 +139,12 @@ def test_production_profile_runs_on_postgres_s3_and_celery(
         try:
             dagster = str(BIN / "dagster")
             jobs_log = tmp_path / "jobs.log"
-            _run([dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j", "bootstrap_job"], env, jobs_log)
+            _run(
+                [dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j", job("bootstrap_job")], env, jobs_log
+            )
             tags = json.dumps({"dagster/partition": "2013-01-01"})
             _run(
-                [dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j", "daily_job", "--tags", tags],
+                [dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j", job("daily_job"), "--tags", tags],
                 env,
                 jobs_log,
             )
@@ -158,14 +160,14 @@ def test_production_profile_runs_on_postgres_s3_and_celery(
         with dg.DagsterInstance.get() as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             runs = {r.job_name: r for r in instance.get_runs()}
-            assert runs["bootstrap_job"].status == dg.DagsterRunStatus.SUCCESS
-            assert runs["daily_job"].status == dg.DagsterRunStatus.SUCCESS
-            messages = [e.message or "" for e in instance.all_logs(runs["daily_job"].run_id)]
+            assert runs[job("bootstrap_job")].status == dg.DagsterRunStatus.SUCCESS
+            assert runs[job("daily_job")].status == dg.DagsterRunStatus.SUCCESS
+            messages = [e.message or "" for e in instance.all_logs(runs[job("daily_job")].run_id)]
             assert any("celery" in m.lower() for m in messages), messages[:20]
-            raw = instance.get_latest_materialization_event(dg.AssetKey("raw_batches"))
+            raw = instance.get_latest_materialization_event(akey("raw_batches"))
             assert raw is not None and raw.asset_materialization is not None
             assert raw.asset_materialization.partition == "2013-01-01"
-            preds = instance.get_latest_materialization_event(dg.AssetKey("batch_predictions"))
+            preds = instance.get_latest_materialization_event(akey("batch_predictions"))
             assert preds is not None
         assert "succeeded" in log.read_text(), log.read_text()[-3000:]
 

@@ -159,13 +159,13 @@ def discarded(replay: pd.DataFrame) -> pd.Series:
     return _truthy(replay[DISCARD_COLUMN])
 
 
-def current_keys(instance: object, day: str) -> dict[str, str]:
+def current_keys(instance: object, dataset: str, day: str) -> dict[str, str]:
     """The quarantine files the latest raw_batches materialization of `day` wrote ({} if none)."""
     import dagster as dg
 
     assert isinstance(instance, dg.DagsterInstance)
     recs = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_batches"), asset_partitions=[day]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, "raw_batches"]), asset_partitions=[day]), limit=1
     ).records
     if not recs or recs[0].asset_materialization is None:
         return {}
@@ -176,7 +176,7 @@ def current_keys(instance: object, day: str) -> dict[str, str]:
 def load_quarantine(lake: Lake, spec: DatasetSpec, day: str, instance: object | None = None) -> pd.DataFrame:
     """The day's quarantined rows: the current ones when an instance is given, else every version kept."""
     if instance is not None:
-        keys = current_keys(instance, day)
+        keys = current_keys(instance, spec.name, day)
         q = keys.get("quarantine_key")
         return _read_all(lake, [q] if q else [])
     df = _read_all(lake, lake.versions(QUARANTINE_AREA, spec.name, day))
@@ -295,12 +295,13 @@ def run_cli(
         for r in summarize(preview.quarantined).itertuples():
             print(f"  {r.rows:>7}  {r.reason}")
         if not run:
-            print(f"run the day again to ingest them: Dagster UI, daily_job, partition {day}")
+            print(f"run the day again to ingest them: Dagster UI, {spec.name}__daily_job, partition {day}")
             return 0
         from mlops_assets.definitions import build_defs
 
-        job = build_defs(settings).resolve_job_def("daily_job")
+        job = build_defs(settings.with_spec(settings.spec_path)).resolve_job_def(f"{spec.name}__daily_job")
         result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
         after = load_quarantine(lake, spec, day, instance)
-        print(f"daily_job {day}: {'succeeded' if result.success else 'failed'}; {len(after)} rows still quarantined")
+        outcome = "succeeded" if result.success else "failed"
+        print(f"{spec.name}__daily_job {day}: {outcome}; {len(after)} rows still quarantined")
         return 0 if result.success else 1

@@ -23,3 +23,9 @@ def pool(dataset: str, what: str) -> str:
     """A Dagster concurrency pool of one dataset (limit 1 by the instance's default): steps that write the
     dataset's embedded feature store, or that move its champion, never run two at a time."""
     return f"{dataset}{SEP}{what}"
+
+
+def store_pool(dataset: str, store_kind: str) -> str | None:
+    """The pool of steps that open the dataset's embedded DuckDB file (one writing process at a time, and a
+    reader cannot open it while a writer holds it). The Parquet store has no single writer: no pool."""
+    return pool(dataset, "feature_store") if store_kind == "duckdb" else None

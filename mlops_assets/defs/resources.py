@@ -4,16 +4,17 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from dagster_mlflow import mlflow_tracking
 from pydantic import PrivateAttr
 
-from mlops_assets.config import DatasetSpec, Settings, load_spec
+from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.lake import Lake, LocalBackend, S3Backend
 
@@ -24,21 +25,28 @@ CHAMPION_HISTORY_TAG = "mlops.champion_history"  # the whole history in one tag,
 CHAMPION_MOVE_PREFIX = "mlops.champion_move."
 
 
-class SpecResource(dg.ConfigurableResource):
-    """The dataset spec in force; every asset reads its thresholds from here, never from constants."""
-
-    spec_path: str
-
-    def get(self) -> DatasetSpec:
-        return load_spec(self.spec_path)
-
-
 class FeatureStoreResource(dg.ConfigurableResource):
-    duckdb_path: str
-    spec_path: str
+    """The offline feature store of any dataset of the deployment: one resource serves every dataset, each
+    asset asks for its own dataset's store (resources are keyed by name across the whole Definitions, so a
+    per-dataset resource would collide)."""
 
-    def store(self) -> FeatureStore:
-        return FeatureStore(Path(self.duckdb_path), load_spec(self.spec_path))
+    kind: str = "duckdb"
+    data_dir: str
+    parquet_uri: str = ""
+    s3_endpoint_url: str | None = None
+    online_redis_url: str | None = None
+
+    def store(self, spec: DatasetSpec) -> FeatureStore:
+        from mlops_assets.storage.stores import open_feature_store
+
+        return open_feature_store(
+            spec,
+            kind=self.kind,
+            data_dir=Path(self.data_dir),
+            parquet_uri=self.parquet_uri,
+            s3_endpoint_url=self.s3_endpoint_url,
+            online_redis_url=self.online_redis_url,
+        )
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -235,43 +243,56 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
     return str(client.create_experiment(name, artifact_location=f"{location.rstrip('/')}/{name}"))
 
 
-def mlflow_tracking_resource(settings: Settings, experiment: str) -> dg.ResourceDefinition:
-    """dagster-mlflow's run-tracking resource (one MLflow run per Dagster run, tagged with its id), with the
-    experiment created first where its artifacts belong."""
+class MlflowTrackingResource(dg.ConfigurableResource):
+    """One MLflow run per training step, in the dataset's own experiment.
 
-    @dg.resource(config_schema=dict(mlflow_tracking.config_schema.config_type.fields))  # type: ignore[union-attr]
-    def mlflow_run(context: dg.InitResourceContext) -> Any:
-        ensure_experiment(settings.mlflow_tracking_uri, experiment, settings.mlflow_artifact_root)
-        return mlflow_tracking.resource_fn(context)  # type: ignore[call-arg]
+    dagster-mlflow's resource fixes the experiment in its configuration (one per deployment, where we need one
+    per dataset) and its end-of-run hook can close the MLflow run before the last step (dagster-io/dagster
+    #21872); a run opened and closed around the step that logs to it has neither problem."""
 
-    return mlflow_run.configured({"experiment_name": experiment, "mlflow_tracking_uri": settings.mlflow_tracking_uri})
+    tracking_uri: str
+    artifact_root: str
+
+    @contextmanager
+    def run(self, experiment: str, *, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
+        import mlflow
+
+        experiment_id = ensure_experiment(self.tracking_uri, experiment, self.artifact_root)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as active:
+            yield active
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
-    """One place that decides what each resource is for the profile in force."""
-    spec = load_spec(settings.spec_path)
+    """One place that decides what each resource is for the profile in force. No resource belongs to a
+    dataset: every dataset of the deployment shares them, and passes its spec where it matters."""
     io_manager: Any
+    endpoint = dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value()
     if settings.profile == "production":
         from dagster_aws.s3 import S3PickleIOManager
 
         bucket, _, prefix = settings.lake_uri.removeprefix("s3://").partition("/")
         io_manager = S3PickleIOManager(
-            s3_resource=S3Resource(endpoint_url=dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value()),
+            s3_resource=S3Resource(endpoint_url=endpoint),
             s3_bucket=bucket,
             s3_prefix=f"{prefix.rstrip('/')}/io" if prefix else "io",
         )
     else:
         io_manager = dg.FilesystemIOManager(base_dir=str(settings.data_dir / "io"))
     return {
-        "spec": SpecResource(spec_path=str(settings.spec_path)),
-        "feature_store": FeatureStoreResource(duckdb_path=str(settings.duckdb_path), spec_path=str(settings.spec_path)),
-        "lake": LakeResource(
-            uri=settings.lake_uri,
-            s3_endpoint_url=dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value(),
+        "feature_store": FeatureStoreResource(
+            kind=settings.feature_store,
+            data_dir=str(settings.data_dir),
+            parquet_uri=settings.feature_store_uri,
+            s3_endpoint_url=endpoint,
+            online_redis_url=settings.online_redis_url,
         ),
+        "lake": LakeResource(uri=settings.lake_uri, s3_endpoint_url=endpoint),
         "registry": ModelRegistryResource(
             tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
         ),
-        "mlflow": mlflow_tracking_resource(settings, experiment=spec.name),
+        "mlflow": MlflowTrackingResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        ),
         "io_manager": io_manager,
     }

@@ -11,6 +11,7 @@ lets a writer lock readers out for the length of a write.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -31,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlops_assets.config import DatasetSpec, Settings, load_spec
 from mlops_assets.defs.resources import CHAMPION_ALIAS, ModelRegistryResource
 from mlops_assets.serving.model_watcher import ChampionWatcher, ServedModel
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.feature_store import FeatureStore, is_lock_error
+from mlops_assets.storage.stores import store_for
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +186,6 @@ class FeatureStoreUnavailable(RuntimeError):
     """The feature store cannot be read right now; the client may retry."""
 
 
-def _is_lock_error(exc: duckdb.Error) -> bool:
-    # Another process holds the write lock (IOException), or this process has the file open with another
-    # configuration (ConnectionException); both clear when that connection closes.
-    text = str(exc).lower()
-    return (isinstance(exc, duckdb.IOException) and "lock" in text) or (
-        isinstance(exc, duckdb.ConnectionException) and "different configuration" in text
-    )
-
-
 def online_row(store: FeatureStore, entity_id: str, lock_wait: float) -> pd.DataFrame:
     """The entity's newest feature row (empty if unknown), waiting up to `lock_wait` seconds for a writer.
 
@@ -211,7 +204,7 @@ def online_row(store: FeatureStore, entity_id: str, lock_wait: float) -> pd.Data
             raise FeatureStoreUnavailable(f"the feature store at {store.path} has no features yet ({exc})") from exc
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             remaining = deadline - time.monotonic()
-            if not _is_lock_error(exc):
+            if not is_lock_error(exc):
                 raise
             if remaining <= 0:
                 raise FeatureStoreUnavailable(
@@ -259,7 +252,8 @@ def create_app(
         tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
     )
     watcher = ChampionWatcher(registry, spec.model_name, interval=poll_seconds)
-    store = FeatureStore(settings.duckdb_path, spec)
+    # the API answers 503 after its own short wait (online_row) rather than hold a request for the pipeline
+    store = dataclasses.replace(store_for(settings, spec), lock_wait_seconds=0.0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ after its start. A retrain then reads a table (benchmarks/feature_store.py measu
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ RATE_PRIOR_WEIGHT = 20.0  # pseudo-count pulling a sparse group's rate towards t
 _ENSURED: set[tuple[str, str]] = set()  # (file, spec) pairs whose tables this process has already created
 
 
+def is_lock_error(exc: duckdb.Error) -> bool:
+    """Another process holds the file's write lock (IOException), or this process has the file open with
+    another configuration (ConnectionException); both clear when that connection closes."""
+    text = str(exc).lower()
+    return (isinstance(exc, duckdb.IOException) and "lock" in text) or (
+        isinstance(exc, duckdb.ConnectionException) and "different configuration" in text
+    )
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -55,6 +65,10 @@ class FeatureStore:
     # time (benchmarks/feature_store.py). None leaves DuckDB's defaults.
     memory_limit: str | None = "1GB"
     threads: int | None = None
+    # How long an open waits for another process's lock. The steps that open the file are serialized by the
+    # dataset's Dagster pool, so a wait happens only around that (a CLI command, the first claim of a new
+    # pool by two runs at once) and lasts one short transaction; a run must not fail on it.
+    lock_wait_seconds: float = 300.0
 
     # --- connection and schema ---------------------------------------------------------------------------
     @contextmanager
@@ -65,7 +79,7 @@ class FeatureStore:
         fresh = not self.path.exists()
         if read_only and fresh:
             read_only = False
-        con = duckdb.connect(str(self.path), read_only=read_only)
+        con = self._open(read_only)
         try:
             if self.memory_limit:
                 con.execute("SET memory_limit = " + "'" + self.memory_limit.replace("'", "''") + "'")
@@ -78,6 +92,19 @@ class FeatureStore:
             yield con
         finally:
             con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_wait_seconds
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                remaining = deadline - time.monotonic()
+                if not is_lock_error(exc) or remaining <= 0:
+                    raise
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 1.0)
 
     @property
     def _rate_keys(self) -> list[str]:

@@ -109,7 +109,11 @@ def test_ui_shows_the_graph_the_reports_and_the_sensor(webserver: str, tmp_path:
         page.screenshot(path=str(tmp_path / "drift_report.png"))
 
         page.goto(f"{webserver}/automation", wait_until="domcontentloaded")
-        for name in ("retrain_sensor", "daily_monitoring_schedule", "weekly_retrain_schedule"):
+        for name in (
+            "flights__retrain_sensor",
+            "flights__daily_monitoring_schedule",
+            "flights__weekly_retrain_schedule",
+        ):
             expect(page.get_by_text(name).first).to_be_visible(timeout=60_000)
         browser.close()
     assert (tmp_path / "catalog.png").stat().st_size > 10_000

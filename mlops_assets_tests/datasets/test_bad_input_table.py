@@ -24,13 +24,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlops_assets.config import load_spec
+from mlops_assets.config import Settings, load_spec
 from mlops_assets.datasets import quarantine
 from mlops_assets.datasets.validate import REASON_COLUMN
 from mlops_assets.defs.ingestion.assets import build_ingestion
-from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, SpecResource
+from mlops_assets.defs.resources import FeatureStoreResource, LakeResource
 from mlops_assets.storage.lake import Lake, LocalBackend
-from mlops_assets_tests.conftest import TOY_SPEC
+from mlops_assets_tests.conftest import TOY_SPEC, akey
 
 DAY = dt.date(2024, 1, 2)
 HEADER = "user,ts,x,kind,y\n"
@@ -68,7 +68,9 @@ class Drops:
         self.lake_dir = root / "lake"
         self.duckdb = root / "fs.duckdb"
         self.instance = dg.DagsterInstance.ephemeral()
-        self.asset = next(a for a in build_ingestion(self.spec).assets if a.key == dg.AssetKey("raw_batches"))  # type: ignore[union-attr]
+        self.root = root
+        settings = Settings.from_env({"MLOPS_DATA_DIR": str(root / "data"), "MLOPS_SPEC": str(self.spec_path)})
+        self.asset = next(a for a in build_ingestion(self.spec, settings).assets if a.key == akey("raw_batches", "toy"))  # type: ignore[union-attr]
 
     def drop(self, name: str, data: bytes | str) -> Path:
         path = self.folder / name
@@ -82,15 +84,14 @@ class Drops:
             instance=self.instance,
             raise_on_error=False,
             resources={
-                "spec": SpecResource(spec_path=str(self.spec_path)),
                 "lake": LakeResource(uri=str(self.lake_dir)),
-                "feature_store": FeatureStoreResource(duckdb_path=str(self.duckdb), spec_path=str(self.spec_path)),
+                "feature_store": FeatureStoreResource(data_dir=str(self.root / "data")),
             },
         )
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         # a blocked day still records its materialization (what was kept, where): read it from the instance
         rec = self.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_batches"), asset_partitions=[day.isoformat()]), limit=1
+            dg.AssetRecordsFilter(asset_key=akey("raw_batches", "toy"), asset_partitions=[day.isoformat()]), limit=1
         ).records[0]
         assert rec.run_id == result.run_id
         md = {k: v.value for k, v in rec.asset_materialization.metadata.items()}  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from mlops_assets.config import Settings, SourceSpec, load_spec
 from mlops_assets.datasets.s3_source import mirror, s3_client
 from mlops_assets.datasets.sources import META_COLUMNS, read_day
 from mlops_assets.definitions import build_defs
-from mlops_assets_tests.conftest import fast_flights_spec
+from mlops_assets_tests.conftest import fast_flights_spec, job
 from mlops_assets_tests.defs.ingestion.test_bad_input import check_result
 from mlops_assets_tests.services import s3_server
 
@@ -115,15 +115,15 @@ def test_a_missing_bucket_is_a_source_error_naming_it(s3: Any, tmp_path: Path) -
 def test_daily_job_reads_an_s3_prefix(s3_spec: Settings, s3: Any, tmp_path: Path) -> None:
     shipped = load_spec(fast_flights_spec(tmp_path))
     defs = build_defs(s3_spec)
-    daily = defs.resolve_job_def("daily_job")
+    daily = defs.resolve_job_def(job("daily_job"))
     key1 = f"{PREFIX}2013/01/{D1}.csv"
     with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance)
+        defs.resolve_job_def(job("bootstrap_job")).execute_in_process(instance=instance)
         r1 = daily.execute_in_process(instance=instance, partition_key=D1.isoformat())
         r2 = daily.execute_in_process(instance=instance, partition_key=D2.isoformat())
         assert r1.success and r2.success
         for r, d in ((r1, D1), (r2, D2)):
-            meta = r.asset_materializations_for_node("raw_batches")[0].metadata
+            meta = r.asset_materializations_for_node(job("raw_batches"))[0].metadata
             assert meta["dagster/row_count"].value == len(read_day(shipped, d)[0])
             assert meta["rows_quarantined"].value == 0
             names = meta["source_files"].value
@@ -140,7 +140,7 @@ def test_daily_job_reads_an_s3_prefix(s3_spec: Settings, s3: Any, tmp_path: Path
         lines = body1.decode().splitlines(keepends=True)
         s3.put_object(Bucket=BUCKET, Key=key1, Body="".join(lines[:-1]).encode())
         again = daily.execute_in_process(instance=instance, partition_key=D1.isoformat())
-        meta = again.asset_materializations_for_node("raw_batches")[0].metadata
+        meta = again.asset_materializations_for_node(job("raw_batches"))[0].metadata
         assert meta["dagster/row_count"].value == len(read_day(shipped, D1)[0]) - 1
         kept_after = {_sha(p.read_bytes()) for p in (s3_spec.data_dir / "lake" / "files").rglob("*") if p.is_file()}
         assert _sha(body1) in kept_after and _sha("".join(lines[:-1]).encode()) in kept_after

@@ -13,7 +13,7 @@ import yaml
 from mlops_assets.cli import main
 from mlops_assets.config import SPECS_DIR, Settings, load_spec
 from mlops_assets.defs.resources import ModelRegistryResource
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.stores import store_for
 
 pytestmark = pytest.mark.e2e
 CHICAGO = SPECS_DIR / "chicago_ridership.yaml"
@@ -56,7 +56,7 @@ def test_chicago_replay_trains_a_regression_model(
     assert got and float(got.group(1)) < float(got.group(2)), reason
     assert champ.holdout_metric is not None and champ.holdout_metric == pytest.approx(float(got.group(1)), abs=1e-3)
     # the window features are point in time: a day's lag-1 is the previous day's entries, never its own
-    store = FeatureStore(settings.duckdb_path, spec)
+    store = store_for(settings, spec)
     with store.connect(read_only=True) as con:
         rows = con.execute(
             "SELECT f.event_day, f.entries_lag_1, l.target FROM features f JOIN labels l USING (entity_id) "

@@ -11,6 +11,7 @@ from mlops_assets.config import Settings
 from mlops_assets.defs.resources import ModelRegistryResource
 from mlops_assets.replay import replay
 from mlops_assets.summary import render_summary
+from mlops_assets_tests.conftest import job
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,7 @@ def test_replay_trains_registers_and_promotes_on_real_data(flights_settings: Set
     # every sensor evaluation has a reason; the run it launched carries the sensor's tags
     assert all(d.decision for d in result.days)
     with dg.DagsterInstance.get() as instance:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name="retrain_job"))
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job("retrain_job")))
         assert len(runs) == len(result.retrains)
         assert runs[0].tags["dagster/sensor_name"] == "retrain_sensor" and runs[0].tags["mlops/reason"]
     text = render_summary(result, compare=False)

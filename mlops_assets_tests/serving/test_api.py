@@ -31,8 +31,8 @@ from mlops_assets.defs.resources import CHAMPION_ALIAS, ModelRegistryResource, e
 from mlops_assets.ml.models import build_model, log_model, predict_scores
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.model_watcher import ChampionWatcher, verified_loader
-from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.models import artifact_digest
+from mlops_assets.storage.stores import store_for
 from mlops_assets_tests.conftest import TOY_SPEC
 
 PAYLOAD: list[dict[str, Any]] = [
@@ -332,7 +332,7 @@ def test_a_bad_payload_is_a_422_naming_the_problem(
 
 
 def test_predict_by_entity_from_the_online_store(world: World, client: TestClient) -> None:
-    store = FeatureStore(world.settings.duckdb_path, world.spec)
+    store = store_for(world.settings, world.spec)
     day = dt.date(2024, 1, 1)
     raw = pd.DataFrame(
         {
@@ -362,7 +362,7 @@ def test_predict_by_entity_from_the_online_store(world: World, client: TestClien
             sys.executable,
             "-c",
             "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()",
-            str(world.settings.duckdb_path),
+            str(store_for(world.settings, world.spec).path),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

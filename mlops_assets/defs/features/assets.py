@@ -4,7 +4,8 @@ from typing import Any
 
 import dagster as dg
 
-from mlops_assets.config import DatasetSpec
+from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.defs import names
 from mlops_assets.defs.ingestion.assets import load_raw
 from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import FeatureStoreResource, LakeResource
@@ -16,25 +17,28 @@ GROUP = "features"
 WARN_NULL_SHARE = 0.5
 
 
-def build_features(spec: DatasetSpec) -> dg.Definitions:
+def build_features(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    pool = names.store_pool(spec.name, settings.feature_store)
     partitions = daily_partitions(spec)
 
     @dg.asset(
+        key_prefix=[spec.name],
         partitions_def=partitions,
         group_name=GROUP,
         kinds={"duckdb"},
         deps=["lookup_tables", "labels"],
+        pool=pool,
         check_specs=[
             dg.AssetCheckSpec(
                 "features_complete",
-                asset="features",
+                asset=names.asset_key(spec.name, "features"),
                 blocking=True,
                 description="The day has feature rows and no feature is empty on every row; blocks monitoring, "
                 "serving and training.",
             ),
             dg.AssetCheckSpec(
                 "features_null_share",
-                asset="features",
+                asset=names.asset_key(spec.name, "features"),
                 description=f"Warns when a feature is null on more than {WARN_NULL_SHARE:.0%} of the day's rows.",
             ),
         ],
@@ -50,7 +54,7 @@ def build_features(spec: DatasetSpec) -> dg.Definitions:
         Re-materializing a day replaces its rows exactly once."""
         day = partition_day(context)
         raw = load_raw(lake, raw_batches)
-        store = feature_store.store()
+        store = feature_store.store(spec)
         feats = store.write_features(day, raw) if len(raw) else store.write_features(day, raw.iloc[0:0])
         names = spec.feature_names
         null_share = {c: round(float(feats[c].isna().mean()), 4) for c in names} if len(feats) else {}

@@ -7,12 +7,13 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from mlops_assets.config import DatasetSpec
+from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.datasets import quarantine
 from mlops_assets.datasets.sources import SOURCE_FILE_COLUMN, Delivery, SourceError, read_delivery, read_table
 from mlops_assets.datasets.validate import REASON_COLUMN, ValidationOutcome, validate_day
+from mlops_assets.defs import names
 from mlops_assets.defs.partitions import daily_partitions, partition_day
-from mlops_assets.defs.resources import FeatureStoreResource, LakeResource, SpecResource
+from mlops_assets.defs.resources import FeatureStoreResource, LakeResource
 
 GROUP = "ingestion"
 QUARANTINE_WARN_SHARE = 0.01
@@ -37,41 +38,41 @@ def load_raw(lake: LakeResource, pointer: dict[str, Any] | None) -> pd.DataFrame
     return lake.lake().read_frame(pointer["key"], expected_sha256=pointer["sha256"])
 
 
-def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
+def build_ingestion(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    pool = names.store_pool(spec.name, settings.feature_store)
     partitions = daily_partitions(spec)
     delay = spec.target.label_delay_days
 
-    @dg.asset(group_name=GROUP, kinds={"duckdb"})
-    def lookup_tables(
-        context: dg.AssetExecutionContext, spec: SpecResource, feature_store: FeatureStoreResource
-    ) -> dg.MaterializeResult:
+    @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"duckdb"}, pool=pool)
+    def lookup_tables(context: dg.AssetExecutionContext, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
         """Side tables (weather, fleet, ...) projected into the feature store for point-in-time joins."""
-        store = feature_store.store()
-        counts = {lk.name: store.load_lookup(lk.name, read_table(lk.source)) for lk in spec.get().features.lookups}
+        store = feature_store.store(spec)
+        counts = {lk.name: store.load_lookup(lk.name, read_table(lk.source)) for lk in spec.features.lookups}
         for name, n in counts.items():
             context.log.info(f"lookup {name}: {n} rows")
         return dg.MaterializeResult(metadata={f"rows_{k}": v for k, v in counts.items()})
 
     @dg.asset(
+        key_prefix=[spec.name],
         partitions_def=partitions,
         group_name=GROUP,
         kinds={"parquet"},
         check_specs=[
             dg.AssetCheckSpec(
                 "delivery_valid",
-                asset="raw_batches",
+                asset=names.asset_key(spec.name, "raw_batches"),
                 blocking=True,
                 description="The day has rows and the schema the spec names; blocks the day.",
             ),
             dg.AssetCheckSpec(
                 "quarantine_share",
-                asset="raw_batches",
+                asset=names.asset_key(spec.name, "raw_batches"),
                 description=f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of rows are quarantined.",
             ),
         ],
     )
     def raw_batches(
-        context: dg.AssetExecutionContext, spec: SpecResource, lake: LakeResource
+        context: dg.AssetExecutionContext, lake: LakeResource
     ) -> Iterator[dg.Output[dict[str, Any]] | dg.AssetCheckResult]:
         """One day of raw rows as delivered, validated against the spec's schema and written once to the lake.
 
@@ -80,7 +81,7 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         corrected re-delivery sits beside the original. A file that cannot be read blocks the day: its rows
         could be this day's, and a day missing part of its rows would look complete downstream.
         """
-        ds = spec.get()
+        ds = spec
         day = partition_day(context)
         store = lake.lake()
         try:
@@ -168,9 +169,11 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         )
 
     @dg.asset(
+        key_prefix=[spec.name],
         partitions_def=partitions,
         group_name=GROUP,
         kinds={"duckdb"},
+        pool=pool,
         ins={
             "raw_batches": dg.AssetIn(
                 partition_mapping=dg.TimeWindowPartitionMapping(
@@ -192,7 +195,7 @@ def build_ingestion(spec: DatasetSpec) -> dg.Definitions:
         """
         arrival = partition_day(context)
         event_day = arrival - dt.timedelta(days=delay)
-        store = feature_store.store()
+        store = feature_store.store(spec)
         rows = store.write_labels(arrival, load_raw(lake, raw_batches))
         total = store.labelled_rows(arrival)
         positive = float(rows["target"].mean()) if len(rows) else None

@@ -8,13 +8,13 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.defs import names
 from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import (
     ChampionInfo,
     FeatureStoreResource,
     LakeResource,
     ModelRegistryResource,
-    SpecResource,
 )
 from mlops_assets.ml.decay import detect_decay
 from mlops_assets.ml.drift import ReferenceProfile
@@ -80,18 +80,20 @@ def report_day(spec: DatasetSpec, day: dt.date) -> bool:
 
 
 def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    pool = names.store_pool(spec.name, settings.feature_store)
     partitions = daily_partitions(spec)
     reports = settings.reports_dir / spec.name
 
     @dg.asset(
+        key_prefix=[spec.name],
         partitions_def=partitions,
         group_name=GROUP,
         kinds={"evidently", "duckdb"},
         deps=["features", "champion"],
+        pool=pool,
     )
     def drift_report(
         context: dg.AssetExecutionContext,
-        spec: SpecResource,
         feature_store: FeatureStoreResource,
         lake: LakeResource,
         registry: ModelRegistryResource,
@@ -99,9 +101,9 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         """The day's features against the champion's training data: a per-column test over every row
         (our engine, the same test choice as Evidently's DataDriftPreset), plus Evidently's HTML report
         for people on the spec's cadence."""
-        ds = spec.get()
+        ds = spec
         day = partition_day(context)
-        store, lk = feature_store.store(), lake.lake()
+        store, lk = feature_store.store(spec), lake.lake()
         champion = registry.champion_info(ds.model_name)
         window = ds.monitoring.window_days
         current = store.features_between(day - dt.timedelta(days=window - 1), day)
@@ -158,14 +160,15 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         return dg.MaterializeResult(metadata=meta)
 
     @dg.asset(
+        key_prefix=[spec.name],
         partitions_def=partitions,
         group_name=GROUP,
         kinds={"duckdb"},
         deps=["labels", "batch_predictions", "champion"],
+        pool=pool,
     )
     def performance_report(
         context: dg.AssetExecutionContext,
-        spec: SpecResource,
         feature_store: FeatureStoreResource,
         registry: ModelRegistryResource,
     ) -> dg.MaterializeResult:
@@ -173,9 +176,9 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
 
         Scores the prediction log (what was actually served), only the current champion's predictions, over
         a rolling window with a bootstrap interval so that one bad day does not read as decay."""
-        ds = spec.get()
+        ds = spec
         day = partition_day(context)
-        store = feature_store.store()
+        store = feature_store.store(spec)
         champion = registry.champion_info(ds.model_name)
         window = ds.monitoring.decay_window_days
         scored = store.scored_labels(day - dt.timedelta(days=window + ds.target.label_delay_days), day)

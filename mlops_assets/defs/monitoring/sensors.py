@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.config import DatasetSpec
-from mlops_assets.defs.resources import SpecResource
+from mlops_assets.defs import names
 from mlops_assets.ml.policy import Decision, PolicyState, RetrainPolicy, Signal, decide
 
 RETRAIN_JOB = "retrain_job"
@@ -57,12 +57,17 @@ class Evaluation:
     cursor: str
 
 
-def training_run_config(as_of: dt.date, trigger: str) -> dict[str, Any]:
-    return {"ops": {"training_dataset": {"config": {"as_of": as_of.isoformat(), "trigger": trigger}}}}
+def training_run_config(dataset: str, as_of: dt.date, trigger: str) -> dict[str, Any]:
+    """The retrain job's configuration: train as of the data's clock, saying what asked for it."""
+    op = names.job_name(dataset, "training_dataset")  # the asset's op, named under its dataset's prefix
+    return {"ops": {op: {"config": {"as_of": as_of.isoformat(), "trigger": trigger}}}}
 
 
 def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, labelled: int) -> dict[str, str]:
     return {
+        # The queue is first in, first out; a retrain the monitors asked for must not wait behind a backfill's
+        # daily runs while a drifted model keeps serving.
+        "dagster/priority": "10",
         TAG_DATASET: spec.name,
         TAG_AS_OF: as_of.isoformat(),
         TAG_TRIGGER: trigger,
@@ -71,10 +76,10 @@ def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, l
     }
 
 
-def labels_so_far(instance: dg.DagsterInstance) -> tuple[dt.date | None, int]:
+def labels_so_far(instance: dg.DagsterInstance, dataset: str) -> tuple[dt.date | None, int]:
     """(the newest day whose labels have arrived, every labelled row so far), from the labels asset's newest
     materialization: the data's clock, which both the sensor and the retrain schedule go by."""
-    latest = instance.get_latest_materialization_event(dg.AssetKey("labels"))
+    latest = instance.get_latest_materialization_event(names.asset_key(dataset, "labels"))
     mat = latest.asset_materialization if latest is not None else None
     if mat is None:
         return None, 0
@@ -89,7 +94,9 @@ def policy_state(
     champion_is_baseline: bool,
     now: dt.datetime | None = None,
 ) -> PolicyState:
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={TAG_DATASET: spec.name}))
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=names.job_name(spec.name, RETRAIN_JOB), tags={TAG_DATASET: spec.name})
+    )
     runs = [r.dagster_run for r in records]
     days = sorted(dt.date.fromisoformat(r.tags[TAG_AS_OF]) for r in runs if TAG_AS_OF in r.tags)
     # A killed training process leaves its run STARTED for ever; one silent for stale_run_hours is dead and must
@@ -98,7 +105,7 @@ def policy_state(
     horizon = now - dt.timedelta(hours=spec.policy.stale_run_hours)
     in_flight = any(rec.dagster_run.status in IN_FLIGHT and _aware(rec.update_timestamp) >= horizon for rec in records)
     last_rows = max((int(r.tags.get(TAG_LABELLED, 0)) for r in runs), default=0)
-    _, total = labels_so_far(instance)
+    _, total = labels_so_far(instance, spec.name)
     return PolicyState(
         today=today,
         last_retrain_day=days[-1] if days else None,
@@ -118,7 +125,7 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, cursor: str | None
     new_seen = dict(seen)
     for kind, asset in REPORTS.items():
         result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=seen[kind] or None),
+            dg.AssetRecordsFilter(asset_key=names.asset_key(spec.name, asset), after_storage_id=seen[kind] or None),
             limit=1000,
             ascending=True,
         )
@@ -166,24 +173,28 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, cursor: str | None
     if decision.retrain:
         request = dg.RunRequest(
             run_key=f"retrain:{spec.name}:{today.isoformat()}:{decision.trigger}",
-            run_config=training_run_config(today, decision.trigger),
+            run_config=training_run_config(spec.name, today, decision.trigger),
             tags=retrain_tags(spec, today, decision.trigger, decision.reason, state.total_labelled_rows),
         )
     return Evaluation(decision, today, request, new_cursor)
 
 
-@dg.sensor(
-    name=SENSOR_NAME,
-    job_name=RETRAIN_JOB,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests a retrain when drift or decay crosses the spec's thresholds and the retrain policy "
-    "(cool-down, new labelled rows, ceilings per day and week, nothing in flight) allows it.",
-)
-def retrain_sensor(context: dg.SensorEvaluationContext, spec: SpecResource) -> dg.SensorResult:
-    ds = spec.get()
-    ev = evaluate(context.instance, ds, context.cursor)
-    context.log.info(f"retrain decision ({ev.today}): {ev.decision.reason}")
-    if ev.run_request is not None:
-        return dg.SensorResult(run_requests=[ev.run_request], cursor=ev.cursor)
-    return dg.SensorResult(skip_reason=dg.SkipReason(ev.decision.reason), cursor=ev.cursor)
+def build_retrain_sensor(spec: DatasetSpec) -> dg.SensorDefinition:
+    """The dataset's own sensor: it reads only its dataset's reports, labels and retrain runs."""
+
+    @dg.sensor(
+        name=names.job_name(spec.name, SENSOR_NAME),
+        job_name=names.job_name(spec.name, RETRAIN_JOB),
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"{spec.name}: requests a retrain when drift or decay crosses the spec's thresholds and the "
+        "retrain policy (cool-down, new labelled rows, ceilings per day and week, nothing in flight) allows it.",
+    )
+    def retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        ev = evaluate(context.instance, spec, context.cursor)
+        context.log.info(f"retrain decision ({ev.today}): {ev.decision.reason}")
+        if ev.run_request is not None:
+            return dg.SensorResult(run_requests=[ev.run_request], cursor=ev.cursor)
+        return dg.SensorResult(skip_reason=dg.SkipReason(ev.decision.reason), cursor=ev.cursor)
+
+    return retrain_sensor

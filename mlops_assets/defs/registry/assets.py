@@ -11,12 +11,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets.config import PROJECT_ROOT, DatasetSpec
+from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings
+from mlops_assets.defs import names
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
     ModelRegistryResource,
-    SpecResource,
 )
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
@@ -99,11 +99,12 @@ def _baseline_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame([row, row]), y
 
 
-def build_registry(spec: DatasetSpec) -> dg.Definitions:
-    @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["lookup_tables"])
+def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    pool = names.store_pool(spec.name, settings.feature_store)
+
+    @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"mlflow"}, deps=["lookup_tables"], pool=pool)
     def baseline_model(
         context: dg.AssetExecutionContext,
-        spec: SpecResource,
         feature_store: FeatureStoreResource,
         registry: ModelRegistryResource,
     ) -> dg.MaterializeResult:
@@ -111,13 +112,13 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         predictions are served from day one."""
         import mlflow
 
-        ds = spec.get()
+        ds = spec
         current = registry.champion_info(ds.model_name)
         if current is not None:
             return dg.MaterializeResult(
                 metadata={"registered": False, "reason": f"champion exists (v{current.version})"}
             )
-        frame = feature_store.store().training_frame(pd.Timestamp.max.date())
+        frame = feature_store.store(spec).training_frame(pd.Timestamp.max.date())
         if len(frame):
             X, y = frame[ds.feature_names], frame[ds.target.name].to_numpy()
             fitted_on = f"{len(frame)} labelled rows"
@@ -167,19 +168,18 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         context.log.info(f"registered baseline v{mv.version} as champion ({fitted_on})")
         return dg.MaterializeResult(metadata={"registered": True, "version": str(mv.version), "fitted_on": fitted_on})
 
-    @dg.asset(group_name=GROUP, kinds={"mlflow"})
+    @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"mlflow"})
     def registered_model_version(
         context: dg.AssetExecutionContext,
         training_dataset: dict[str, Any],
         candidate_models: dict[str, Any],
         evaluation_report: dict[str, Any],
-        spec: SpecResource,
         lake: LakeResource,
         registry: ModelRegistryResource,
     ) -> dg.Output[dict[str, Any]]:
         """The challenger as a registry version, promoted or not, with the lineage that leads back to exactly
         the data, spec and code that made it, and the reference profile drift is measured against."""
-        ds = spec.get()
+        ds = spec
         lk = lake.lake()
         frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         train = split_days(frame, ds)["train"]
@@ -240,13 +240,14 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
         )
 
     @dg.asset(
+        key_prefix=[spec.name],
         group_name=GROUP,
         kinds={"mlflow"},
         deps=["baseline_model"],
         check_specs=[
             dg.AssetCheckSpec(
                 "champion_loads",
-                asset="champion",
+                asset=names.asset_key(spec.name, "champion"),
                 description="The alias resolves and its artifact matches its checksum.",
             )
         ],
@@ -254,12 +255,11 @@ def build_registry(spec: DatasetSpec) -> dg.Definitions:
     def champion(
         context: dg.AssetExecutionContext,
         registered_model_version: dict[str, Any],
-        spec: SpecResource,
         registry: ModelRegistryResource,
     ) -> dg.MaterializeResult:
         """The production model: the alias moves to the new version only when the gate promoted it (or a
         person approved it); every move is recorded so that a rollback knows where to go back to."""
-        ds = spec.get()
+        ds = spec
         gate = registered_model_version["gate"]
         version = registered_model_version["version"]
         before = registry.champion_info(ds.model_name)

@@ -8,10 +8,15 @@ from typing import Any
 
 import dagster as dg
 
-from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.config import DatasetSpec, Settings, load_spec
+from mlops_assets.defs import names
 from mlops_assets.defs.registry.actions import RegistryActionError, approve, rollback
 from mlops_assets.defs.registry.assets import champion_metadata
-from mlops_assets.defs.resources import ModelRegistryResource, SpecResource
+from mlops_assets.defs.resources import ModelRegistryResource
+
+APPROVE_OP = "approve_version"
+ROLLBACK_OP = "rollback_champion"
+TAG_DATASET = "mlops/dataset"
 
 # No `from __future__ import annotations` here: Dagster reads the ops' config annotations at definition time.
 
@@ -26,62 +31,63 @@ class RollbackConfig(dg.Config):
     actor: str = "dagster-ui"
 
 
-def _champion_moved(registry: ModelRegistryResource, model_name: str, message: str) -> dg.AssetMaterialization:
-    """A materialization of the champion asset: the move done outside `retrain_job` shows on the asset's page
-    with its history, like the moves the gate makes."""
-    return dg.AssetMaterialization(
-        asset_key="champion",
-        description=message,
-        metadata={**champion_metadata(registry, model_name), "moved": True, "reason": message},
-    )
-
-
 def _fail(exc: RegistryActionError) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=False)
 
 
-@dg.op(out=dg.Out(str))
-def approve_version(
-    context: dg.OpExecutionContext, config: ApproveConfig, spec: SpecResource, registry: ModelRegistryResource
-) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
-    name = spec.get().model_name
-    try:
-        message = approve(registry, name, config.version, actor=config.actor)
-    except RegistryActionError as exc:
-        raise _fail(exc) from exc
-    context.log.info(message)
-    yield _champion_moved(registry, name, message)
-    yield dg.Output(message)
-
-
-@dg.op(out=dg.Out(str))
-def rollback_champion(
-    context: dg.OpExecutionContext,
-    config: RollbackConfig,
-    spec: SpecResource,
-    registry: ModelRegistryResource,
-) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
-    name = spec.get().model_name
-    try:
-        message = rollback(registry, name, actor=config.actor, reason=config.reason)
-    except RegistryActionError as exc:
-        raise _fail(exc) from exc
-    context.log.info(message)
-    yield _champion_moved(registry, name, message)
-    yield dg.Output(message)
-
-
-@dg.job(description="Promote a version the gate left pending a person's approval.")
-def approve_job() -> None:
-    approve_version()
-
-
-@dg.job(description="Move the champion alias back to the version it named before, recording who and why.")
-def rollback_job() -> None:
-    rollback_champion()
-
-
 def build_registry_jobs(spec: DatasetSpec) -> dg.Definitions:
+    """The dataset's approve and rollback jobs (`flights__approve_job`), acting on its model only."""
+    name = spec.model_name
+
+    def champion_moved(registry: ModelRegistryResource, message: str) -> dg.AssetMaterialization:
+        """A materialization of the champion asset: the move done outside `retrain_job` shows on the asset's
+        page with its history, like the moves the gate makes."""
+        return dg.AssetMaterialization(
+            asset_key=names.asset_key(spec.name, "champion"),
+            description=message,
+            metadata={**champion_metadata(registry, name), "moved": True, "reason": message},
+        )
+
+    @dg.op(name=names.job_name(spec.name, APPROVE_OP), out=dg.Out(str))
+    def approve_version(
+        context: dg.OpExecutionContext, config: ApproveConfig, registry: ModelRegistryResource
+    ) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
+        try:
+            message = approve(registry, name, config.version, actor=config.actor)
+        except RegistryActionError as exc:
+            raise _fail(exc) from exc
+        context.log.info(message)
+        yield champion_moved(registry, message)
+        yield dg.Output(message)
+
+    @dg.op(name=names.job_name(spec.name, ROLLBACK_OP), out=dg.Out(str))
+    def rollback_champion(
+        context: dg.OpExecutionContext, config: RollbackConfig, registry: ModelRegistryResource
+    ) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
+        try:
+            message = rollback(registry, name, actor=config.actor, reason=config.reason)
+        except RegistryActionError as exc:
+            raise _fail(exc) from exc
+        context.log.info(message)
+        yield champion_moved(registry, message)
+        yield dg.Output(message)
+
+    @dg.job(
+        name=names.job_name(spec.name, "approve_job"),
+        description="Promote a version the gate left pending a person's approval.",
+        tags={TAG_DATASET: spec.name},
+    )
+    def approve_job() -> None:
+        approve_version()
+
+    @dg.job(
+        name=names.job_name(spec.name, "rollback_job"),
+        description="Move the champion alias back to the version it named before, recording who and why.",
+        tags={TAG_DATASET: spec.name},
+    )
+    def rollback_job() -> None:
+        rollback_champion()
+
     return dg.Definitions(jobs=[approve_job, rollback_job])
 
 
@@ -91,10 +97,11 @@ def run_registry_action(settings: Settings, job_name: str, config: dict[str, Any
     is a RegistryActionError carrying the reason."""
     from mlops_assets.definitions import build_defs
 
-    op = {"approve_job": "approve_version", "rollback_job": "rollback_champion"}[job_name]
+    spec = load_spec(settings.spec_path)
+    op = names.job_name(spec.name, {"approve_job": APPROVE_OP, "rollback_job": ROLLBACK_OP}[job_name])
     home = Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home")
     home.mkdir(parents=True, exist_ok=True)
-    job = build_defs(settings).resolve_job_def(job_name)
+    job = build_defs(settings.with_spec(settings.spec_path)).resolve_job_def(names.job_name(spec.name, job_name))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = job.execute_in_process(
             # The run's events all go to the instance (the UI shows them); the terminal gets only the outcome.

@@ -5,29 +5,37 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mlops_assets.config import DatasetSpec
+from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.defs import names
 from mlops_assets.defs.partitions import daily_partitions, partition_day
-from mlops_assets.defs.resources import FeatureStoreResource, ModelRegistryResource, SpecResource
+from mlops_assets.defs.resources import FeatureStoreResource, ModelRegistryResource
 from mlops_assets.ml.models import predict_scores
 
 GROUP = "serving"
 
 
-def build_serving(spec: DatasetSpec) -> dg.Definitions:
+def build_serving(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    pool = names.store_pool(spec.name, settings.feature_store)
     partitions = daily_partitions(spec)
 
-    @dg.asset(partitions_def=partitions, group_name=GROUP, kinds={"duckdb", "mlflow"}, deps=["features", "champion"])
+    @dg.asset(
+        key_prefix=[spec.name],
+        partitions_def=partitions,
+        group_name=GROUP,
+        kinds={"duckdb", "mlflow"},
+        deps=["features", "champion"],
+        pool=pool,
+    )
     def batch_predictions(
         context: dg.AssetExecutionContext,
-        spec: SpecResource,
         feature_store: FeatureStoreResource,
         registry: ModelRegistryResource,
     ) -> dg.MaterializeResult:
         """Scores from the model the `champion` alias names at run time (verified against its checksum), with
         the version written beside every score."""
-        ds = spec.get()
+        ds = spec
         day = partition_day(context)
-        store = feature_store.store()
+        store = feature_store.store(spec)
         champion = registry.champion_info(ds.model_name)
         if champion is None:
             raise dg.Failure(f"no champion for {ds.model_name}: materialize baseline_model first")

@@ -8,11 +8,12 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.defs import names
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
+    MlflowTrackingResource,
     ModelRegistryResource,
-    SpecResource,
 )
 from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
 from mlops_assets.ml.evaluate import compare_models, performance_html
@@ -54,20 +55,22 @@ def _span(df: pd.DataFrame) -> str:
 
 
 def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    pool = names.store_pool(spec.name, settings.feature_store)
     reports = settings.reports_dir / spec.name
 
-    @dg.asset(group_name=GROUP, kinds={"duckdb", "parquet"}, deps=["features", "labels"])
+    @dg.asset(
+        key_prefix=[spec.name], group_name=GROUP, kinds={"duckdb", "parquet"}, deps=["features", "labels"], pool=pool
+    )
     def training_dataset(
         context: dg.AssetExecutionContext,
         config: TrainingConfig,
-        spec: SpecResource,
         feature_store: FeatureStoreResource,
         lake: LakeResource,
     ) -> dg.Output[dict[str, Any]]:
         """Every label that had arrived by `as_of`, joined as of its event time to its entity's features, and
         written once to the lake under its content hash: the hash is the lineage a registered model carries."""
-        ds = spec.get()
-        store = feature_store.store()
+        ds = spec
+        store = feature_store.store(spec)
         as_of = dt.date.fromisoformat(config.as_of) if config.as_of else None
         if as_of is None:
             with store.connect(read_only=True) as con:
@@ -105,27 +108,36 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             },
         )
 
-    @dg.asset(group_name=GROUP, kinds={"mlflow", "scikitlearn"})
+    @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"mlflow", "scikitlearn"})
     def candidate_models(
         context: dg.AssetExecutionContext,
         training_dataset: dict[str, Any],
-        mlflow: dg.ResourceParam[Any],
-        spec: SpecResource,
+        mlflow: MlflowTrackingResource,
         lake: LakeResource,
         registry: ModelRegistryResource,
     ) -> dg.Output[dict[str, Any]]:
         """A budgeted search over model families, hyper-parameters and training windows; every trial is a
         nested MLflow run under this Dagster run's MLflow run, and the leaderboard is in the metadata."""
+        ds = spec
+        tags = {"dagster_run_id": context.run_id, "mlops.dataset": ds.name}
+        with mlflow.run(ds.name, run_name=f"sweep-{training_dataset['as_of']}", tags=tags) as parent:
+            context.log.info(f"MLflow run {parent.info.run_id} in experiment {ds.name}")
+            return _sweep(context, training_dataset, lake, registry, parent.info.run_id)
+
+    def _sweep(
+        context: dg.AssetExecutionContext,
+        training_dataset: dict[str, Any],
+        lake: LakeResource,
+        registry: ModelRegistryResource,
+        sweep_run_id: str,
+    ) -> dg.Output[dict[str, Any]]:
+        """The sweep inside the step's MLflow run: every trial a nested run of it."""
         import mlflow as mlflow_lib
 
-        ds = spec.get()
+        ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         parts = split_days(frame, ds)
-        # dagster-mlflow's resource opened this Dagster run's MLflow run; trials nest under it.
-        context.log.info(f"MLflow run {mlflow.mlflow_run_id} in experiment {mlflow.experiment_name}")
         space = SearchSpace.from_dict(ds.search)
-        parent = mlflow_lib.active_run()
-        sweep_run_id = parent.info.run_id if parent else None
         mlflow_lib.log_params(
             {
                 "as_of": training_dataset["as_of"],
@@ -225,18 +237,17 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             },
         )
 
-    @dg.asset(group_name=GROUP, kinds={"evidently"})
+    @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"evidently"})
     def evaluation_report(
         context: dg.AssetExecutionContext,
         training_dataset: dict[str, Any],
         candidate_models: dict[str, Any],
-        spec: SpecResource,
         lake: LakeResource,
         registry: ModelRegistryResource,
     ) -> dg.Output[dict[str, Any]]:
         """Challenger against champion on the same hold-out (the newest labelled days, which neither trained
         on): a paired bootstrap interval for the difference, per-slice metrics, and the gate's decision."""
-        ds = spec.get()
+        ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         holdout = split_days(frame, ds)["holdout"].reset_index(drop=True)
         X, y = holdout[ds.feature_names], holdout[ds.target.name].to_numpy()

@@ -17,7 +17,7 @@ from mlops_assets.config import Settings, load_spec
 from mlops_assets.datasets.sources import META_COLUMNS, read_day
 from mlops_assets.definitions import build_defs
 from mlops_assets.defs.resources import ModelRegistryResource
-from mlops_assets_tests.conftest import fast_flights_spec
+from mlops_assets_tests.conftest import akey, fast_flights_spec, job
 
 DAYS = [dt.date(2013, 1, d) for d in (1, 2, 3, 4, 5, 6)]
 LATE = dt.date(2013, 1, 7)
@@ -63,7 +63,7 @@ def check_result(instance: dg.DagsterInstance, run_id: str, name: str) -> tuple[
 
 def materialized(instance: dg.DagsterInstance, asset: str, day: dt.date) -> bool:
     recs = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day.isoformat()]), limit=1
+        dg.AssetRecordsFilter(asset_key=akey(asset), asset_partitions=[day.isoformat()]), limit=1
     ).records
     return bool(recs)
 
@@ -74,10 +74,10 @@ def sha256(path: Path) -> str:
 
 def test_bad_days_are_blocked_the_next_day_runs_and_the_champion_is_untouched(drops: Settings, tmp_path: Path) -> None:
     defs = build_defs(drops)
-    daily = defs.resolve_job_def("daily_job")
+    daily = defs.resolve_job_def(job("daily_job"))
     registry = ModelRegistryResource(tracking_uri=drops.mlflow_tracking_uri, artifact_root=drops.mlflow_artifact_root)
     with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance)
+        defs.resolve_job_def(job("bootstrap_job")).execute_in_process(instance=instance)
         champion_before = registry.champion_info("flights_model")
         results = {
             d: daily.execute_in_process(instance=instance, partition_key=d.isoformat(), raise_on_error=False)

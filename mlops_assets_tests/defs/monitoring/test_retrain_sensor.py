@@ -13,9 +13,9 @@ import dagster as dg
 import pytest
 from dagster._core.utils import make_new_run_id
 
-from mlops_assets.config import Settings
-from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, TAG_AS_OF, retrain_sensor
-from mlops_assets.defs.resources import SpecResource
+from mlops_assets.config import Settings, load_spec
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, TAG_AS_OF, build_retrain_sensor
+from mlops_assets_tests.conftest import akey, job
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture
-def spec_res(flights_settings: Settings) -> SpecResource:
-    return SpecResource(spec_path=str(flights_settings.spec_path))
+def sensor(flights_settings: Settings) -> dg.SensorDefinition:
+    return build_retrain_sensor(load_spec(flights_settings.spec_path))
 
 
 def report(
@@ -40,12 +40,12 @@ def report(
 ) -> None:
     if labelled is not None:
         instance.report_runless_asset_event(
-            dg.AssetMaterialization("labels", partition=day, metadata={"total_labelled_rows": labelled})
+            dg.AssetMaterialization(akey("labels"), partition=day, metadata={"total_labelled_rows": labelled})
         )
     if drift is not None:
         instance.report_runless_asset_event(
             dg.AssetMaterialization(
-                "drift_report",
+                akey("drift_report"),
                 partition=day,
                 metadata={
                     "drift_share": drift,
@@ -59,16 +59,16 @@ def report(
     if decay is not None:
         instance.report_runless_asset_event(
             dg.AssetMaterialization(
-                "performance_report",
+                akey("performance_report"),
                 partition=day,
                 metadata={"window_value": 0.6 if decay else 0.7, "decay_detected": decay},
             )
         )
 
 
-def tick(instance: dg.DagsterInstance, spec_res: SpecResource, cursor: str | None) -> dg.SensorResult:
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"spec": spec_res})
-    result = retrain_sensor(ctx)
+def tick(instance: dg.DagsterInstance, sensor: dg.SensorDefinition, cursor: str | None) -> dg.SensorResult:
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    result = sensor(ctx)
     assert isinstance(result, dg.SensorResult)
     return result
 
@@ -77,7 +77,7 @@ def record_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
     """What the daemon does with a request: a run of the retrain job carrying the request's tags."""
     instance.add_run(
         dg.DagsterRun(
-            job_name=RETRAIN_JOB,
+            job_name=job(RETRAIN_JOB),
             run_id=make_new_run_id(),
             tags=request.tags,
             status=dg.DagsterRunStatus.SUCCESS,
@@ -85,61 +85,61 @@ def record_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> None:
     )
 
 
-def test_first_tick_with_nothing_reported_skips_and_keeps_an_empty_cursor(instance, spec_res) -> None:
-    result = tick(instance, spec_res, None)
+def test_first_tick_with_nothing_reported_skips_and_keeps_an_empty_cursor(instance, sensor) -> None:
+    result = tick(instance, sensor, None)
     assert not result.run_requests
     assert result.skip_reason and "no new" in result.skip_reason.skip_message
     assert json.loads(result.cursor or "{}") == {"decay": 0, "drift": 0}
 
 
-def test_drifted_day_requests_one_run_and_a_second_evaluation_does_not_repeat_it(instance, spec_res) -> None:
+def test_drifted_day_requests_one_run_and_a_second_evaluation_does_not_repeat_it(instance, sensor) -> None:
     report(instance, "2013-02-01", labelled=30000)
     report(instance, "2013-02-01", drift=0.8, decay=False)
-    first = tick(instance, spec_res, None)
+    first = tick(instance, sensor, None)
     assert len(first.run_requests) == 1
     req = first.run_requests[0]
     assert req.run_key == "retrain:flights:2013-02-01:drift"
     assert req.tags[TAG_AS_OF] == "2013-02-01" and "drift" in req.tags["mlops/reason"]
-    assert req.run_config["ops"]["training_dataset"]["config"]["as_of"] == "2013-02-01"
+    assert req.run_config["ops"][job("training_dataset")]["config"]["as_of"] == "2013-02-01"
     cursor = json.loads(first.cursor or "{}")
     assert cursor["drift"] > 0 and cursor["decay"] > 0
-    again = tick(instance, spec_res, first.cursor)
+    again = tick(instance, sensor, first.cursor)
     assert not again.run_requests and again.cursor == first.cursor
 
 
-def test_quiet_day_skips_with_its_reason(instance, spec_res) -> None:
+def test_quiet_day_skips_with_its_reason(instance, sensor) -> None:
     report(instance, "2013-02-01", labelled=30000)
     report(instance, "2013-02-01", drift=0.05, decay=False)
-    result = tick(instance, spec_res, None)
+    result = tick(instance, sensor, None)
     assert not result.run_requests
     assert result.skip_reason is not None and result.skip_reason.skip_message.startswith("skip")
 
 
-def test_cool_down_after_a_retrain_then_fires_again(instance, spec_res, flights_settings: Settings) -> None:
+def test_cool_down_after_a_retrain_then_fires_again(instance, sensor, flights_settings: Settings) -> None:
     report(instance, "2013-02-01", labelled=30000)
     report(instance, "2013-02-01", drift=0.9)
-    r1 = tick(instance, spec_res, None)
+    r1 = tick(instance, sensor, None)
     record_run(instance, r1.run_requests[0])
     report(instance, "2013-02-02", labelled=31000, drift=0.9)
-    r2 = tick(instance, spec_res, r1.cursor)
+    r2 = tick(instance, sensor, r1.cursor)
     reason = r2.skip_reason.skip_message if r2.skip_reason else ""
     assert not r2.run_requests and ("cool-down" in reason or "weekly ceiling" in reason), reason
     report(instance, "2013-02-10", labelled=45000, drift=0.9)
-    r3 = tick(instance, spec_res, r2.cursor)
+    r3 = tick(instance, sensor, r2.cursor)
     assert len(r3.run_requests) == 1 and r3.run_requests[0].tags[TAG_AS_OF] == "2013-02-10"
 
 
-def test_no_second_training_run_while_one_is_in_flight(instance, spec_res) -> None:
+def test_no_second_training_run_while_one_is_in_flight(instance, sensor) -> None:
     report(instance, "2013-02-01", labelled=30000, drift=0.9)
     instance.add_run(
         dg.DagsterRun(
-            job_name=RETRAIN_JOB,
+            job_name=job(RETRAIN_JOB),
             run_id=make_new_run_id(),
             tags={"mlops/dataset": "flights", TAG_AS_OF: "2013-01-20"},
             status=dg.DagsterRunStatus.STARTED,
         )
     )
-    result = tick(instance, spec_res, None)
+    result = tick(instance, sensor, None)
     assert not result.run_requests
     assert result.skip_reason is not None and "flight" in result.skip_reason.skip_message
 
@@ -147,19 +147,19 @@ def test_no_second_training_run_while_one_is_in_flight(instance, spec_res) -> No
 RESUME = """
 import json, sys
 import dagster as dg
-from mlops_assets.defs.monitoring.sensors import retrain_sensor
-from mlops_assets.defs.resources import SpecResource
+from mlops_assets.config import load_spec
+from mlops_assets.defs.monitoring.sensors import build_retrain_sensor
 home, spec, cursor = sys.argv[1:4]
 with dg.DagsterInstance.from_config(home) as inst:
-    ctx = dg.build_sensor_context(instance=inst, cursor=cursor, resources={"spec": SpecResource(spec_path=spec)})
-    r = retrain_sensor(ctx)
+    ctx = dg.build_sensor_context(instance=inst, cursor=cursor)
+    r = build_retrain_sensor(load_spec(spec))(ctx)
     print(json.dumps({"requests": [dict(rr.tags) for rr in r.run_requests], "cursor": r.cursor}))
 """
 
 
-def resume_in_new_process(home: Path, spec: SpecResource, cursor: str | None) -> dict:
+def resume_in_new_process(home: Path, spec: Path, cursor: str | None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", RESUME, str(home), spec.spec_path, cursor or ""],
+        [sys.executable, "-c", RESUME, str(home), str(spec), cursor or ""],
         capture_output=True,
         text=True,
         timeout=120,
@@ -168,39 +168,39 @@ def resume_in_new_process(home: Path, spec: SpecResource, cursor: str | None) ->
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_restarted_sensor_resumes_from_its_cursor(tmp_path: Path, spec_res) -> None:
+def test_a_restarted_sensor_resumes_from_its_cursor(tmp_path: Path, sensor, flights_settings: Settings) -> None:
     """The daemon restarted: a new process on the same DAGSTER_HOME, handed the stored cursor."""
     home = tmp_path / "home"
     home.mkdir()
     with dg.DagsterInstance.local_temp(str(home)) as inst:
         report(inst, "2013-02-01", labelled=30000, drift=0.9)
-        first = tick(inst, spec_res, None)
+        first = tick(inst, sensor, None)
         assert len(first.run_requests) == 1
         record_run(inst, first.run_requests[0])
-    resumed = resume_in_new_process(home, spec_res, first.cursor)
+    resumed = resume_in_new_process(home, flights_settings.spec_path, first.cursor)
     assert resumed["requests"] == [] and resumed["cursor"] == first.cursor
     with dg.DagsterInstance.local_temp(str(home)) as inst:
         report(inst, "2013-02-20", labelled=60000, drift=0.9)
-    later = resume_in_new_process(home, spec_res, first.cursor)
+    later = resume_in_new_process(home, flights_settings.spec_path, first.cursor)
     assert len(later["requests"]) == 1 and later["requests"][0][TAG_AS_OF] == "2013-02-20"
 
 
-def test_bootstrap_trains_the_first_model_once_enough_labels_exist(instance, spec_res) -> None:
+def test_bootstrap_trains_the_first_model_once_enough_labels_exist(instance, sensor) -> None:
     report(instance, "2013-01-05", labelled=3000, drift=0.0, baseline=True)
-    r1 = tick(instance, spec_res, None)
+    r1 = tick(instance, sensor, None)
     assert not r1.run_requests
     report(instance, "2013-01-22", labelled=19000, drift=0.0, baseline=True)
-    r2 = tick(instance, spec_res, r1.cursor)
+    r2 = tick(instance, sensor, r1.cursor)
     assert len(r2.run_requests) == 1 and r2.run_requests[0].tags["mlops/trigger"] == "bootstrap"
 
 
 def test_weekly_schedule_trains_as_of_the_newest_labels_and_counts_for_the_cool_down(
-    instance, spec_res, flights_settings: Settings
+    instance, sensor, flights_settings: Settings
 ) -> None:
     """The periodic retrain uses the data's clock, not the wall clock, and the sensor sees it as a retrain."""
     from mlops_assets.definitions import build_defs
 
-    schedule = build_defs(flights_settings).resolve_schedule_def("weekly_retrain_schedule")
+    schedule = build_defs(flights_settings).resolve_schedule_def(job("weekly_retrain_schedule"))
     empty = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
     assert not empty.run_requests and "no labels" in (empty.skip_message or "")
     report(instance, "2013-02-03", labelled=40000)
@@ -208,15 +208,15 @@ def test_weekly_schedule_trains_as_of_the_newest_labels_and_counts_for_the_cool_
     assert data.run_requests is not None and len(data.run_requests) == 1
     req = data.run_requests[0]
     assert req.tags[TAG_AS_OF] == "2013-02-03" and req.tags["mlops/trigger"] == "schedule"
-    assert req.run_config["ops"]["training_dataset"]["config"]["as_of"] == "2013-02-03"
+    assert req.run_config["ops"][job("training_dataset")]["config"]["as_of"] == "2013-02-03"
     record_run(instance, req)
     report(instance, "2013-02-04", labelled=41000, drift=0.9)
-    after = tick(instance, spec_res, None)
+    after = tick(instance, sensor, None)
     reason = after.skip_reason.skip_message if after.skip_reason else ""
     assert not after.run_requests and ("cool-down" in reason or "weekly ceiling" in reason), reason
 
 
-def test_a_run_killed_long_ago_no_longer_blocks_retraining(instance, spec_res) -> None:
+def test_a_run_killed_long_ago_no_longer_blocks_retraining(instance, flights_settings: Settings) -> None:
     """A SIGKILLed training process cannot mark its run failed; after stale_run_hours it is treated as dead."""
     import datetime as dt
 
@@ -225,13 +225,13 @@ def test_a_run_killed_long_ago_no_longer_blocks_retraining(instance, spec_res) -
     report(instance, "2013-02-01", labelled=30000, drift=0.9)
     instance.add_run(
         dg.DagsterRun(
-            job_name=RETRAIN_JOB,
+            job_name=job(RETRAIN_JOB),
             run_id=make_new_run_id(),
             tags={"mlops/dataset": "flights", TAG_AS_OF: "2013-01-02"},
             status=dg.DagsterRunStatus.STARTED,
         )
     )
-    ds = spec_res.get()
+    ds = load_spec(flights_settings.spec_path)
     day = dt.date(2013, 2, 1)
     assert policy_state(instance, ds, day, False).run_in_flight
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=ds.policy.stale_run_hours + 1)

@@ -21,10 +21,10 @@ from mlops_assets.config import Settings
 from mlops_assets.definitions import build_defs
 from mlops_assets.defs.resources import ModelRegistryResource
 from mlops_assets.replay import QUIET
-from mlops_assets_tests.conftest import DEPLOYMENT_VARS, fast_flights_spec
+from mlops_assets_tests.conftest import DEPLOYMENT_VARS, akey, fast_flights_spec, job
 
 FIRST_DAY = dt.date(2013, 1, 1)
-INGEST = [dg.AssetKey("raw_batches"), dg.AssetKey("labels"), dg.AssetKey("features")]
+INGEST = [akey("raw_batches"), akey("labels"), akey("features")]
 MODEL = "flights_model"
 
 
@@ -42,7 +42,7 @@ def days_until(last: dt.date) -> list[dt.date]:
 
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[dt.date]) -> None:
     """Only what training reads (raw rows, labels, features): monitoring and serving are not under test."""
-    daily = defs.resolve_job_def("daily_job")
+    daily = defs.resolve_job_def(job("daily_job"))
     for day in days:
         res = daily.execute_in_process(
             instance=instance, partition_key=day.isoformat(), asset_selection=INGEST, run_config=QUIET
@@ -70,7 +70,7 @@ def isolated_project(tmp: Path, **spec_overrides: Any) -> Iterator[Project]:
 
 def bootstrap_and_ingest(project: Project, instance: dg.DagsterInstance, last_day: dt.date) -> str:
     """A baseline champion, then every day up to `last_day` ingested; returns the baseline's version."""
-    project.defs.resolve_job_def("bootstrap_job").execute_in_process(instance=instance, run_config=QUIET)
+    project.defs.resolve_job_def(job("bootstrap_job")).execute_in_process(instance=instance, run_config=QUIET)
     baseline = project.registry.champion_info(MODEL)
     assert baseline is not None and baseline.is_baseline
     ingest(project.defs, instance, days_until(last_day))

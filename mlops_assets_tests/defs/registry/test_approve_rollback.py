@@ -23,6 +23,7 @@ from mlops_assets.config import Settings
 from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.resources import ModelRegistryResource
 from mlops_assets.replay import QUIET
+from mlops_assets_tests.conftest import akey, job
 from mlops_assets_tests.defs.registry.project import MODEL, bootstrap_and_ingest, isolated_project
 
 FIRST_DAY = dt.date(2013, 1, 1)
@@ -46,7 +47,7 @@ def champion_version(world: World) -> str:
 def champion_event_metadata() -> dict[str, Any]:
     """The newest materialization of the champion asset, as the UI's asset page shows it."""
     with dg.DagsterInstance.get() as instance:
-        ev = instance.get_latest_materialization_event(dg.AssetKey("champion"))
+        ev = instance.get_latest_materialization_event(akey("champion"))
     assert ev is not None and ev.asset_materialization is not None
     return {k: getattr(v, "value", v) for k, v in ev.asset_materialization.metadata.items()}
 
@@ -63,12 +64,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with isolated_project(tmp_path_factory.mktemp("approve"), gate={"require_approval": True}) as project:
         with dg.DagsterInstance.get() as instance:
             baseline = bootstrap_and_ingest(project, instance, AS_OF)
-            res = project.defs.resolve_job_def("retrain_job").execute_in_process(
-                instance=instance, run_config={**training_run_config(AS_OF, "manual"), **QUIET}
+            res = project.defs.resolve_job_def(job("retrain_job")).execute_in_process(
+                instance=instance, run_config={**training_run_config("flights", AS_OF, "manual"), **QUIET}
             )
             mlflow.end_run()
         assert res.success
-        challenger = res.output_for_node("registered_model_version")["version"]
+        challenger = res.output_for_node(job("registered_model_version"))["version"]
         yield World(project.settings, project.registry, baseline, str(challenger))
 
 
@@ -109,7 +110,7 @@ def test_approve_promotes_the_pending_version_and_records_the_actor(
         "alice",
     )
     # The CLI went through approve_job: a run in the UI, and a champion materialization with the history.
-    run = last_run("approve_job")
+    run = last_run(job("approve_job"))
     assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["mlops/actor"] == "alice"
     md = champion_event_metadata()
     assert md["champion_version"] == world.challenger and md["last_move_actor"] == "alice"
@@ -135,7 +136,7 @@ def test_rollback_moves_the_alias_back_and_records_who_and_why(
         "bob",
     )
     assert reason in move["reason"]
-    assert last_run("rollback_job").status == dg.DagsterRunStatus.SUCCESS
+    assert last_run(job("rollback_job")).status == dg.DagsterRunStatus.SUCCESS
     md = champion_event_metadata()
     assert md["champion_version"] == world.baseline and md["last_move_kind"] == "rollback"
     assert md["last_move_actor"] == "bob" and reason in md["last_move_reason"]
@@ -152,4 +153,4 @@ def test_a_second_rollback_does_not_undo_the_first(world: World, capsys: pytest.
     assert f"v{world.baseline} has no earlier champion" in capsys.readouterr().err
     assert champion_version(world) == world.baseline
     assert json.dumps(world.registry.history(MODEL)) == history
-    assert last_run("rollback_job").status == dg.DagsterRunStatus.FAILURE, "the refusal is visible in the UI"
+    assert last_run(job("rollback_job")).status == dg.DagsterRunStatus.FAILURE, "the refusal is visible in the UI"

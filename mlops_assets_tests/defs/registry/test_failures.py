@@ -32,10 +32,11 @@ from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.resources import CHAMPION_MOVE_PREFIX, ModelRegistryResource
 from mlops_assets.replay import QUIET
 from mlops_assets.storage.models import artifact_digest, load_verified
+from mlops_assets_tests.conftest import akey, job
 from mlops_assets_tests.defs.registry.project import MODEL, Project, bootstrap_and_ingest, isolated_project
 
 AS_OF = dt.date(2013, 1, 9)
-EVALUATE = [dg.AssetKey(k) for k in ("training_dataset", "candidate_models", "evaluation_report")]
+EVALUATE = [akey(k) for k in ("training_dataset", "candidate_models", "evaluation_report")]
 
 
 World = Project
@@ -80,9 +81,9 @@ def failure_message(result: Any) -> str:
 
 
 def retrain(world: World, instance: dg.DagsterInstance, selection: list[dg.AssetKey] | None = None) -> Any:
-    res = world.defs.resolve_job_def("retrain_job").execute_in_process(
+    res = world.defs.resolve_job_def(job("retrain_job")).execute_in_process(
         instance=instance,
-        run_config={**training_run_config(AS_OF, "manual"), **QUIET},
+        run_config={**training_run_config("flights", AS_OF, "manual"), **QUIET},
         asset_selection=selection,
         raise_on_error=False,
     )
@@ -95,7 +96,7 @@ def materialize(world: World, instance: dg.DagsterInstance, names: list[str], **
     some resources replaced: how a failure is injected into one step only."""
     res = dg.materialize(
         list(world.defs.assets or []),
-        selection=names,
+        selection=[akey(n) for n in names],
         resources={**(world.defs.resources or {}), **resources},
         instance=instance,
         raise_on_error=False,
@@ -119,7 +120,7 @@ def evaluated(world: World) -> dict[str, Any]:
     with dg.DagsterInstance.get() as instance:
         res = retrain(world, instance, EVALUATE)
     assert res.success, failure_message(res)
-    report = res.output_for_node("evaluation_report")
+    report = res.output_for_node(job("evaluation_report"))
     assert report["decision"]["promote"] and report["decision"]["status"] == "first_model", report
     return dict(report)
 
@@ -194,7 +195,7 @@ def test_a_challenger_failing_its_checksum_never_becomes_champion(world: World, 
     with dg.DagsterInstance.get() as instance:
         reg = materialize(world, instance, ["registered_model_version"])
         assert reg.success, failure_message(reg)
-        version = reg.output_for_node("registered_model_version")["version"]
+        version = reg.output_for_node(job("registered_model_version"))["version"]
         before = snapshot(world)
         uri = world.registry.client.get_model_version_download_uri(MODEL, version)
         (path,) = Path(uri.removeprefix("file://")).rglob("*.skops")
@@ -222,7 +223,7 @@ def test_a_blocking_check_failing_on_a_bad_day_leaves_the_champion(
     monkeypatch.setattr(ingestion_assets, "read_delivery", unreadable)
     day = (AS_OF + dt.timedelta(days=1)).isoformat()
     with dg.DagsterInstance.get() as instance:
-        res = world.defs.resolve_job_def("daily_job").execute_in_process(
+        res = world.defs.resolve_job_def(job("daily_job")).execute_in_process(
             instance=instance, partition_key=day, run_config=QUIET, raise_on_error=False
         )
         checks = [
@@ -255,8 +256,8 @@ def fit_then_hang(*args, **kwargs):
 automl.fit = fit_then_hang
 defs = build_defs(Settings.from_env())
 with dg.DagsterInstance.get() as instance:
-    defs.resolve_job_def("retrain_job").execute_in_process(
-        instance=instance, run_config={**training_run_config(as_of, "manual"), **QUIET}
+    defs.resolve_job_def("flights__retrain_job").execute_in_process(
+        instance=instance, run_config={**training_run_config("flights", as_of, "manual"), **QUIET}
     )
 """
 
@@ -286,7 +287,7 @@ def test_a_killed_retrain_leaves_the_champion_and_the_next_retrain_works(world: 
             proc.stderr.close()
     assert snapshot(world) == before
     with dg.DagsterInstance.get() as instance:
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name="retrain_job"))
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job("retrain_job")))
         assert runs[0].status == dg.DagsterRunStatus.STARTED, "killed mid-run: it never reached an end event"
 
         later = retrain(world, instance)

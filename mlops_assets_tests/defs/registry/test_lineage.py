@@ -25,9 +25,10 @@ from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.registry.assets import code_version
 from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
 from mlops_assets.replay import QUIET
-from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.lake import frame_to_parquet, sha256
 from mlops_assets.storage.models import ArtifactIntegrityError, artifact_digest, load_verified
+from mlops_assets.storage.stores import store_for
+from mlops_assets_tests.conftest import job
 from mlops_assets_tests.defs.registry.project import MODEL, bootstrap_and_ingest, ingest, isolated_project
 
 TRAIN_AS_OF = dt.date(2013, 1, 9)
@@ -49,8 +50,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         settings, defs, registry = project.settings, project.defs, project.registry
         with dg.DagsterInstance.get() as instance:
             baseline = bootstrap_and_ingest(project, instance, TRAIN_AS_OF)
-            res = defs.resolve_job_def("retrain_job").execute_in_process(
-                instance=instance, run_config={**training_run_config(TRAIN_AS_OF, "manual"), **QUIET}
+            res = defs.resolve_job_def(job("retrain_job")).execute_in_process(
+                instance=instance, run_config={**training_run_config("flights", TRAIN_AS_OF, "manual"), **QUIET}
             )
             mlflow.end_run()
             assert res.success
@@ -71,7 +72,7 @@ def test_the_training_set_is_rebuilt_from_the_version_tags_alone(world: World) -
 
     # The store has two more days of rows and labels than when the model was trained; an as-of rebuild
     # must still give the exact same bytes.
-    rebuilt = FeatureStore(world.settings.duckdb_path, spec).training_frame(as_of, since)
+    rebuilt = store_for(world.settings, spec).training_frame(as_of, since)
     assert rebuilt["event_day"].max().date() < as_of and rebuilt["arrival_day"].max().date() <= as_of
     assert sha256(frame_to_parquet(rebuilt)) == tags["mlops.training_dataset_sha256"]
     stored = Path(world.settings.lake_uri) / tags["mlops.training_dataset_key"]
@@ -87,8 +88,8 @@ def test_the_training_set_is_rebuilt_from_the_version_tags_alone(world: World) -
     assert tags["mlops.dagster_run_id"] == world.retrain_run_id
     with dg.DagsterInstance.get() as instance:
         run = instance.get_run_by_id(tags["mlops.dagster_run_id"])
-    assert run is not None and run.job_name == "retrain_job" and run.status == dg.DagsterRunStatus.SUCCESS
-    assert run.run_config["ops"]["training_dataset"]["config"]["as_of"] == TRAIN_AS_OF.isoformat()
+    assert run is not None and run.job_name == job("retrain_job") and run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.run_config["ops"][job("training_dataset")]["config"]["as_of"] == TRAIN_AS_OF.isoformat()
 
 
 def test_the_version_has_a_signature_an_input_example_and_its_metrics(world: World) -> None:
