@@ -398,7 +398,3 @@ class Settings(BaseModel):
     def feature_store_uri(self) -> str:
         """Where the Parquet feature store keeps its partitions: a folder of the lake, local or S3."""
         return f"{self.lake_uri.rstrip('/')}/feature_store"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.data_dir / "reports"

@@ -89,7 +89,7 @@ def forget_dataset(settings: Settings, spec: DatasetSpec) -> None:
 
     store = duckdb_file(settings.data_dir, spec.name)
     doomed = [store, store.with_suffix(".duckdb.wal"), store.with_suffix(".duckdb.tmp")]
-    doomed += [settings.data_dir / "io" / spec.name, settings.reports_dir / spec.name]
+    doomed += [settings.data_dir / "io" / spec.name]
     lake = settings.data_dir / "lake"
     if not settings.lake_uri.startswith("s3://") and lake.is_dir():
         doomed += [area / spec.name for area in lake.iterdir() if area.is_dir()]

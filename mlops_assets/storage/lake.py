@@ -24,6 +24,7 @@ class Backend(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def uri(self, key: str) -> str: ...
+    def link(self, key: str) -> str: ...
 
 
 @dataclass
@@ -55,6 +56,10 @@ class LocalBackend:
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
+
+    def link(self, key: str) -> str:
+        """What a person opens: the file itself, on the machine that holds the lake."""
+        return self._path(key).resolve().as_uri()
 
 
 @dataclass
@@ -89,6 +94,14 @@ class S3Backend:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def link(self, key: str) -> str:
+        """A presigned HTTPS link (S3 caps them at 7 days): a report on the lake opens from the UI in a browser
+        that has no S3 credentials; the permanent address is `uri`."""
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=7 * 24 * 3600
+        )
+        return url
 
 
 def frame_to_parquet(df: pd.DataFrame) -> bytes:
@@ -133,6 +146,16 @@ class Lake:
         if expected_sha256 is not None and sha256(data) != expected_sha256:
             raise ValueError(f"{self.backend.uri(key)}: checksum mismatch (the file changed after it was written)")
         return pq.read_table(io.BytesIO(data)).to_pandas()
+
+    def write_report(self, dataset: str, kind: str, name: str, data: bytes) -> str:
+        """A report or plot for people, under `reports/<dataset>/<kind>/`. Unlike data it is named, not hashed,
+        and a re-materialized day replaces its own: a report is derived, and can always be made again."""
+        key = f"reports/{dataset}/{kind}/{name}"
+        self.backend.put(key, data)
+        return key
+
+    def link(self, key: str) -> str:
+        return self.backend.link(key)
 
     def versions(self, area: str, dataset: str, partition: str) -> list[str]:
         return self.backend.list(f"{area}/{dataset}/date={partition}/")

@@ -2,6 +2,7 @@
 arrive. Both reports end in metadata (`drift_detected`, `decay_detected`) that the retrain sensor reads."""
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -10,6 +11,7 @@ import pandas as pd
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
 from mlops_assets.defs.partitions import daily_partitions, partition_day
+from mlops_assets.defs.reports import publish
 from mlops_assets.defs.resources import (
     ChampionInfo,
     FeatureStoreResource,
@@ -82,7 +84,6 @@ def report_day(spec: DatasetSpec, day: dt.date) -> bool:
 def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
     pool = names.store_pool(spec.name, settings.feature_store)
     partitions = daily_partitions(spec)
-    reports = settings.reports_dir / spec.name
 
     @dg.asset(
         key_prefix=[spec.name],
@@ -137,25 +138,33 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             }
         )
         if report_day(ds, day):
-            plot = drift_over_time(
-                store.read_history("drift_history"),
-                reports / "drift" / f"drift_{day}.png",
-                threshold=ds.monitoring.drift_share,
+            history = store.read_history("drift_history")
+            meta |= publish(
+                lk,
+                ds.name,
+                "drift_over_time",
+                f"drift_{day}.png",
+                lambda p: drift_over_time(history, p, threshold=ds.monitoring.drift_share),
             )
-            meta["drift_over_time"] = dg.MetadataValue.path(str(plot))
         if ds.monitoring.evidently_every_days and report_day(ds, day):
             from mlops_assets.ml.evidently_reports import data_drift_html
 
-            html = reports / "evidently" / f"data_drift_{day}.html"
-            summary = data_drift_html(
-                reference_rows(ds, champion, store, lk),
-                current,
-                # the columns the profile tests: a lag with no values yet in the warm-up is left out of both
-                numeric=[c for c in ds.numeric_features if c in profile.numeric],
-                categorical=[c for c in ds.categorical_features if c in profile.categorical],
-                path=html,
-            )
-            meta["evidently_report"] = dg.MetadataValue.path(str(html))
+            reference = reference_rows(ds, champion, store, lk)
+            summary: dict[str, Any] = {}
+
+            def render(path: Path) -> None:
+                summary.update(
+                    data_drift_html(
+                        reference,
+                        current,
+                        # the columns the profile tests: a lag with no values yet in the warm-up is left out of both
+                        numeric=[c for c in ds.numeric_features if c in profile.numeric],
+                        categorical=[c for c in ds.categorical_features if c in profile.categorical],
+                        path=path,
+                    )
+                )
+
+            meta |= publish(lk, ds.name, "evidently_report", f"data_drift_{day}.html", render)
             meta["evidently_drift_share"] = summary.get("drift_share")
         return dg.MaterializeResult(metadata=meta)
 
@@ -171,6 +180,7 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         context: dg.AssetExecutionContext,
         feature_store: FeatureStoreResource,
         registry: ModelRegistryResource,
+        lake: LakeResource,
     ) -> dg.MaterializeResult:
         """The champion's metric on the days whose labels have now arrived, against its hold-out score.
 
@@ -238,14 +248,16 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             }
         )
         if report_day(ds, day) or result.decay_detected:
-            plot = metric_over_time(
-                store.read_history("performance_history"),
-                reports / "performance" / f"metric_{day}.png",
-                metric=ds.metric,
-                reference=reference,
-                tolerance=ds.monitoring.decay_tolerance,
+            history = store.read_history("performance_history")
+            meta |= publish(
+                lake.lake(),
+                ds.name,
+                "metric_over_time",
+                f"metric_{day}.png",
+                lambda p: metric_over_time(
+                    history, p, metric=ds.metric, reference=reference, tolerance=ds.monitoring.decay_tolerance
+                ),
             )
-            meta["metric_over_time"] = dg.MetadataValue.path(str(plot))
         return dg.MaterializeResult(metadata=meta)
 
     return dg.Definitions(assets=[drift_report, performance_report])

@@ -9,6 +9,7 @@ import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
+from mlops_assets.defs.reports import publish
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
@@ -56,7 +57,6 @@ def _span(df: pd.DataFrame) -> str:
 
 def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
     pool = names.store_pool(spec.name, settings.feature_store)
-    reports = settings.reports_dir / spec.name
 
     @dg.asset(
         key_prefix=[spec.name], group_name=GROUP, kinds={"duckdb", "parquet"}, deps=["features", "labels"], pool=pool
@@ -273,13 +273,18 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         is_baseline = champion is None or champion.is_baseline
         decision = decide_promotion(comparison, GatePolicy(**ds.gate.model_dump()), champion_is_baseline=is_baseline)
         context.log.info(f"gate: {decision.status}: {decision.reason}")
-        html = reports / "evaluation" / f"evaluation_{training_dataset['as_of']}.html"
-        performance_html(
-            holdout.assign(prediction=challenger_scores),
-            target=ds.target.name,
-            prediction="prediction",
-            task=ds.task,
-            path=html,
+        report = publish(
+            lake.lake(),
+            ds.name,
+            "evidently_report",
+            f"evaluation_{training_dataset['as_of']}_{context.run_id[:8]}.html",
+            lambda p: performance_html(
+                holdout.assign(prediction=challenger_scores),
+                target=ds.target.name,
+                prediction="prediction",
+                task=ds.task,
+                path=p,
+            ),
         )
         summary = comparison.to_dict()
         summary.pop("slices", None)
@@ -306,7 +311,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "slices": dg.MetadataValue.md(comparison.slices.round(4).to_markdown(index=False))
                 if len(comparison.slices)
                 else "no slice with enough rows",
-                "evidently_report": dg.MetadataValue.path(str(html)),
+                **report,
             },
         )
 
