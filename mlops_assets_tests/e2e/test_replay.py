@@ -45,6 +45,6 @@ def test_replay_trains_registers_and_promotes_on_real_data(flights_settings: Set
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs(filters=dg.RunsFilter(job_name=job("retrain_job")))
         assert len(runs) == len(result.retrains)
-        assert runs[0].tags["dagster/sensor_name"] == "retrain_sensor" and runs[0].tags["mlops/reason"]
+        assert runs[0].tags["dagster/sensor_name"] == job("retrain_sensor") and runs[0].tags["mlops/reason"]
     text = render_summary(result, compare=False)
     assert "Per week" in text and "first_model" in text
