@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from mlops_assets.config import DatasetSpec, Settings
@@ -58,6 +57,8 @@ class LakeResource(dg.ConfigurableResource):
 
     def lake(self) -> Lake:
         if self.uri.startswith("s3://"):
+            from dagster_aws.s3 import S3Resource  # boto3 and dagster-aws: paid only where the lake is S3
+
             bucket, _, prefix = self.uri[len("s3://") :].partition("/")
             client = S3Resource(endpoint_url=self.s3_endpoint_url, region_name=self.s3_region_name).get_client()
             return Lake(S3Backend(client, bucket, prefix))
@@ -269,7 +270,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     io_manager: Any
     endpoint = dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value()
     if settings.profile == "production":
-        from dagster_aws.s3 import S3PickleIOManager
+        from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
         bucket, _, prefix = settings.lake_uri.removeprefix("s3://").partition("/")
         io_manager = S3PickleIOManager(
