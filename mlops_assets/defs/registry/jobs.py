@@ -1,6 +1,7 @@
 """Approve and rollback as Dagster jobs, so that a person can do both from the UI's launchpad, and the CLI runs
 the same jobs: either way the action is a run in the UI, and the champion asset records the move."""
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,16 +10,33 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.config import DatasetSpec, Settings
-from mlops_assets.defs.registry.actions import RegistryActionError, approve, rollback
+from mlops_assets.defs import names
+from mlops_assets.defs.registry.actions import RegistryActionError, RerunGate, approve, rollback
 from mlops_assets.defs.registry.assets import champion_metadata
-from mlops_assets.defs.resources import ModelRegistryResource, SpecResource
+from mlops_assets.defs.registry.gate import current_holdout, judge
+from mlops_assets.defs.resources import ChampionInfo, FeatureStoreResource, ModelRegistryResource, SpecResource
+from mlops_assets.ml.promote import PromotionDecision
 
 # No `from __future__ import annotations` here: Dagster reads the ops' config annotations at definition time.
+
+
+# Approve, rollback and retrain runs of one dataset carry this tag with the dataset as its value, so that one
+# `tag_concurrency_limits` entry (`applyLimitPerUniqueValue: true`, limit 1) in dagster.yaml runs at most one
+# of them per dataset at a time, and datasets never wait on each other.
+REGISTRY_TAG = "mlops/registry"
+
+
+def registry_run_tags(dataset: str) -> dict[str, str]:
+    """The tags of every run that may move `dataset`'s champion (approve, rollback, retrain)."""
+    return {REGISTRY_TAG: dataset}
 
 
 class ApproveConfig(dg.Config):
     version: str
     actor: str = "dagster-ui"
+    force: bool = False  # promote without re-running the gate; needs force_reason
+    force_reason: str = ""
+    as_of: str = ""  # the hold-out's newest label day for the re-run gate; empty: the newest there is
 
 
 class RollbackConfig(dg.Config):
@@ -40,48 +58,85 @@ def _fail(exc: RegistryActionError) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=False)
 
 
-@dg.op(out=dg.Out(str))
-def approve_version(
-    context: dg.OpExecutionContext, config: ApproveConfig, spec: SpecResource, registry: ModelRegistryResource
-) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
-    name = spec.get().model_name
-    try:
-        message = approve(registry, name, config.version, actor=config.actor)
-    except RegistryActionError as exc:
-        raise _fail(exc) from exc
-    context.log.info(message)
-    yield _champion_moved(registry, name, message)
-    yield dg.Output(message)
+def rerun_gate(
+    ds: DatasetSpec, feature_store: FeatureStoreResource, registry: ModelRegistryResource, as_of: str = ""
+) -> RerunGate:
+    """The gate an approval re-runs: the version to approve against the champion of the moment, on the
+    hold-out a retrain started now would use, through the very call `evaluation_report` makes."""
 
+    def gate(candidate: ChampionInfo, champion: ChampionInfo | None) -> PromotionDecision:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+        try:
+            holdout, _ = current_holdout(ds, feature_store.store(), day)
+        except (ValueError, dg.Failure) as exc:
+            raise RegistryActionError(f"cannot re-run the gate for v{candidate.version}: {exc}") from exc
+        return judge(ds, holdout, registry.load_champion(candidate), champion, registry).decision
 
-@dg.op(out=dg.Out(str))
-def rollback_champion(
-    context: dg.OpExecutionContext,
-    config: RollbackConfig,
-    spec: SpecResource,
-    registry: ModelRegistryResource,
-) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
-    name = spec.get().model_name
-    try:
-        message = rollback(registry, name, actor=config.actor, reason=config.reason)
-    except RegistryActionError as exc:
-        raise _fail(exc) from exc
-    context.log.info(message)
-    yield _champion_moved(registry, name, message)
-    yield dg.Output(message)
-
-
-@dg.job(description="Promote a version the gate left pending a person's approval.")
-def approve_job() -> None:
-    approve_version()
-
-
-@dg.job(description="Move the champion alias back to the version it named before, recording who and why.")
-def rollback_job() -> None:
-    rollback_champion()
+    return gate
 
 
 def build_registry_jobs(spec: DatasetSpec) -> dg.Definitions:
+    """Approve and rollback for one dataset: their ops move the alias, so they share the dataset's registry
+    pool with the champion asset, and their runs carry the dataset's registry tag for the run queue."""
+    registry_pool = names.pool(spec.name, "registry")
+
+    @dg.op(out=dg.Out(str), pool=registry_pool)
+    def approve_version(
+        context: dg.OpExecutionContext,
+        config: ApproveConfig,
+        spec: SpecResource,
+        feature_store: FeatureStoreResource,
+        registry: ModelRegistryResource,
+    ) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
+        ds = spec.get()
+        name = ds.model_name
+        try:
+            message = approve(
+                registry,
+                name,
+                config.version,
+                actor=config.actor,
+                rerun_gate=rerun_gate(ds, feature_store, registry, config.as_of),
+                force=config.force,
+                force_reason=config.force_reason,
+            )
+        except RegistryActionError as exc:
+            raise _fail(exc) from exc
+        context.log.info(message)
+        yield _champion_moved(registry, name, message)
+        yield dg.Output(message)
+
+    @dg.op(out=dg.Out(str), pool=registry_pool)
+    def rollback_champion(
+        context: dg.OpExecutionContext,
+        config: RollbackConfig,
+        spec: SpecResource,
+        registry: ModelRegistryResource,
+    ) -> Iterator[dg.AssetMaterialization | dg.Output[str]]:
+        name = spec.get().model_name
+        try:
+            message = rollback(registry, name, actor=config.actor, reason=config.reason)
+        except RegistryActionError as exc:
+            raise _fail(exc) from exc
+        context.log.info(message)
+        yield _champion_moved(registry, name, message)
+        yield dg.Output(message)
+
+    @dg.job(
+        description="Promote a version the gate left pending (or stale) after re-running the gate against the "
+        "current champion; force (with a reason) skips the gate.",
+        tags=registry_run_tags(spec.name),
+    )
+    def approve_job() -> None:
+        approve_version()
+
+    @dg.job(
+        description="Move the champion alias back to the version it named before, recording who and why.",
+        tags=registry_run_tags(spec.name),
+    )
+    def rollback_job() -> None:
+        rollback_champion()
+
     return dg.Definitions(jobs=[approve_job, rollback_job])
 
 
