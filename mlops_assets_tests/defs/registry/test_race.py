@@ -27,6 +27,7 @@ import mlflow
 import pytest
 
 from mlops_assets.config import load_spec
+from mlops_assets.defs import names
 from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.replay import QUIET
 from mlops_assets_tests.defs.registry.project import MODEL, Project, bootstrap_and_ingest, isolated_project
@@ -177,6 +178,10 @@ def test_two_retrains_and_an_approval_racing_leave_a_chain_of_moves(world: Proje
 
     dataset = load_spec(world.settings.spec_path).name
     with dg.DagsterInstance.get() as instance:
+        # The moving steps claimed the dataset's registry pool (created on first claim with the default limit
+        # of 1: a mutex), and every claim was released.
+        pool = instance.event_log_storage.get_concurrency_info(names.pool(dataset, "registry"))
+        assert pool.slot_count == 1 and not pool.claimed_slots and not pool.pending_steps
         for run in runs:
             record = instance.get_run_by_id(run["run_id"])
             assert record is not None
