@@ -268,6 +268,7 @@ class ModelRegistryResource(dg.ConfigurableResource):
                     f"v{version} not promoted",
                 )
             move = {
+                **(extra or {}),  # first: what the caller adds never overwrites what the move is
                 "version": str(version),
                 "previous": now,
                 "kind": kind,
@@ -276,7 +277,6 @@ class ModelRegistryResource(dg.ConfigurableResource):
                 "data_day": data_day,
                 "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 **({"compared_with": expected_previous} if expected_previous is not ANY_CHAMPION else {}),
-                **(extra or {}),
             }
             key = f"{CHAMPION_MOVE_PREFIX}{self._next_move_ns(name):020d}.{uuid.uuid4().hex[:8]}"
             self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))

@@ -58,7 +58,9 @@ def history_table(history: list[dict[str, Any]]) -> str:
     """The champion's moves, newest first, as the table the UI shows on the champion asset."""
     if not history:
         return "no champion moves yet"
-    return pd.DataFrame(history[::-1]).to_markdown(index=False)
+    frame = pd.DataFrame(history[::-1])
+    core = [c for c in ("version", "previous", "kind", "reason", "actor", "data_day", "at") if c in frame]
+    return frame[[*core, *(c for c in frame.columns if c not in core)]].to_markdown(index=False)
 
 
 def champion_metadata(registry: ModelRegistryResource, model_name: str) -> dict[str, Any]:
