@@ -77,7 +77,11 @@ def rerun_gate(
 
 def build_registry_jobs(spec: DatasetSpec) -> dg.Definitions:
     """Approve and rollback for one dataset: their ops move the alias, so they share the dataset's registry
-    pool with the champion asset, and their runs carry the dataset's registry tag for the run queue."""
+    pool with the champion asset, and their runs carry the dataset's registry tag for the run queue.
+
+    `approve_version` holds the pool while it re-runs the gate (seconds), not only for the move: while it
+    judges the version against the champion, no other step of this dataset can move that champion, so the
+    compare-and-set that follows is refused only when a mover outside Dagster got in between."""
     registry_pool = names.pool(spec.name, "registry")
 
     @dg.op(out=dg.Out(str), pool=registry_pool)
