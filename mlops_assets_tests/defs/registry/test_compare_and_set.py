@@ -9,6 +9,7 @@ import itertools
 import multiprocessing
 import random
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,13 @@ def _dispose_inherited_engines() -> None:
 
 def _racer(uri: str, name: str, versions: list[str], go: str, seed: int, results: Any) -> None:
     """One mover: read the champion (the "evaluation"), take a while, move against what it read."""
+    try:
+        _moves(uri, name, versions, go, seed, results)
+    except BaseException:  # the parent fails with the child's traceback instead of waiting for a result
+        results.put({"error": traceback.format_exc()})
+
+
+def _moves(uri: str, name: str, versions: list[str], go: str, seed: int, results: Any) -> None:
     _dispose_inherited_engines()
     reg = ModelRegistryResource(tracking_uri=uri, artifact_root="unused")
     rng = random.Random(seed)
@@ -116,13 +124,17 @@ def test_racing_processes_leave_a_chain_of_moves_none_lost(registry: ModelRegist
         ctx.Process(
             target=_racer,
             args=(registry.tracking_uri, MODEL, [str(5 + 3 * i + k) for k in range(3)], str(go), i, queue),
+            daemon=True,
         )
         for i in range(4)
     ]
     for p in procs:
         p.start()
     go.touch()
-    results = [queue.get(timeout=120) for _ in range(12)]
+    results = []
+    while len(results) < 12:
+        results.append(queue.get(timeout=120))
+        assert "error" not in results[-1], results[-1]["error"]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0

@@ -18,6 +18,7 @@ import itertools
 import multiprocessing
 import os
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,13 @@ def _dispose_inherited_engines() -> None:
 
 def _racer(defs: dg.Definitions, kind: str, arg: str, go: str, results: Any) -> None:
     """One run, started when the start line opens: a retrain's registration and promotion, or an approval."""
+    try:
+        results.put(_run(defs, kind, arg, go))
+    except BaseException:  # the parent fails with the child's traceback instead of waiting for a result
+        results.put({"kind": kind, "error": traceback.format_exc()})
+
+
+def _run(defs: dg.Definitions, kind: str, arg: str, go: str) -> dict[str, Any]:
     _dispose_inherited_engines()
     while not Path(go).exists():
         time.sleep(0.005)
@@ -90,7 +98,7 @@ def _racer(defs: dg.Definitions, kind: str, arg: str, go: str, results: Any) -> 
                 run_config={"ops": {"approve_version": {"config": {"version": arg, "actor": "carol"}}}, **QUIET},
                 raise_on_error=False,
             )
-    results.put({"kind": kind, "run_id": res.run_id, "success": res.success})
+    return {"kind": kind, "run_id": res.run_id, "success": res.success}
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +160,14 @@ def test_two_retrains_and_an_approval_racing_leave_a_chain_of_moves(world: Proje
     ctx = multiprocessing.get_context("fork")
     go, results = world.tmp / "go", ctx.Queue()
     racers = [("retrain", "-"), ("retrain", "-"), ("approve", pending)]
-    procs = [ctx.Process(target=_racer, args=(world.defs, kind, arg, str(go), results)) for kind, arg in racers]
+    procs = [
+        ctx.Process(target=_racer, args=(world.defs, kind, arg, str(go), results), daemon=True) for kind, arg in racers
+    ]
     for p in procs:
         p.start()
     go.touch()
     runs = [results.get(timeout=180) for _ in racers]
+    assert not [r["error"] for r in runs if "error" in r]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
