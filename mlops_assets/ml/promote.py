@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.ml.evaluate import Comparison, compare_models
-from mlops_assets.ml.models import predict_scores
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,8 @@ def run_gate(
     rule that would have promoted the version had it been trained now: a copy of the rule in the approval
     path would drift from the gate the first time one of them is tuned."""
     X, y = holdout[list(features)], holdout[target].to_numpy()
+    from mlops_assets.ml.models import predict_scores  # scikit-learn: loaded by the steps that score, not by Dagster
+
     challenger_scores = predict_scores(challenger, X)
     champion_scores = predict_scores(champion, X) if champion is not None else challenger_scores * 0.0 + float(y.mean())
     comparison = compare_models(

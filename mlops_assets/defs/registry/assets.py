@@ -21,7 +21,6 @@ from mlops_assets.defs.resources import (
 )
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
-from mlops_assets.ml.models import build_model, log_model
 from mlops_assets.storage.models import artifact_digest
 
 GROUP = "registry"
@@ -145,6 +144,8 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         else:
             X, y = _baseline_frame(ds)
             fitted_on = "no labels yet (uninformative prior)"
+        from mlops_assets.ml.models import build_model, log_model  # scikit-learn, paid by this step only
+
         model = build_model(
             "baseline",
             {},
