@@ -35,8 +35,8 @@ PREDICTIONS_DDL = "entity_id VARCHAR, event_time TIMESTAMP, event_day DATE, mode
 SCORED_SQL = (
     "SELECT p.event_day AS day, l.target AS y_true, p.score AS y_score, p.model_version "
     "FROM predictions p JOIN labels l USING (entity_id, event_time) "
-    "WHERE p.event_day >= ? AND l.arrival_day <= ? ORDER BY p.event_day"
-)
+    "WHERE p.event_day >= ? AND l.arrival_day <= ? ORDER BY p.event_day, p.event_time, p.entity_id, l.arrival_day"
+)  # ordered to the row, so that the same log reads the same from either backend and on every run
 Range = tuple[dt.date | None, dt.date | None]  # first and last day of a read, inclusive; None: unbounded
 EVERYTHING: Range = (None, None)
 
@@ -357,4 +357,8 @@ class FeatureSql:
     def predictions_after(self, day: dt.date) -> pd.DataFrame:
         """The prediction log of the days after `day` (entity, event time, score): what was served."""
         with self._reading(predictions=(day + dt.timedelta(days=1), None)) as con:
-            return con.execute("SELECT entity_id, event_time, score FROM predictions WHERE event_day > ?", [day]).df()
+            return con.execute(
+                "SELECT entity_id, event_time, score FROM predictions WHERE event_day > ? "
+                "ORDER BY event_time, entity_id",
+                [day],
+            ).df()

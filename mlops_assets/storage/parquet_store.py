@@ -16,10 +16,11 @@ so re-materializing a day replaces it exactly once, writers of different days ne
 of the same day leave the last complete write, never a torn file. A day withdrawn entirely is written as an
 empty partition, not deleted, so a reader that listed it never finds it gone.
 
-DuckDB, in memory and without a file, is the engine: each call opens the partitions it needs (a local file
-through DuckDB's own Parquet reader, an S3 object through pyarrow's S3 filesystem as an Arrow dataset whose
-filters DuckDB pushes down; DuckDB's httpfs extension is not used, as it would be downloaded at run time) and
-runs the same SQL as the DuckDB file store (`FeatureSql`), so point-in-time correctness is one piece of code.
+DuckDB, in memory and without a file, is the engine: each call opens the partitions of the days it needs (a
+local file through DuckDB's own Parquet reader, over a hard link that pins the version it read; an S3 object
+fetched whole through pyarrow's S3 filesystem and handed to DuckDB as Arrow; DuckDB's httpfs extension is not
+used, as it would be downloaded at run time) and runs the same SQL as the DuckDB file store (`FeatureSql`),
+so point-in-time correctness is one piece of code.
 
 What differs: the training set is joined on demand over the partitions instead of read from maintained
 training rows (a maintained table is exactly the single-writer state this store avoids); the join is the
@@ -31,12 +32,15 @@ read from the Parquet history.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +50,6 @@ from urllib.parse import urlparse
 import duckdb
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -144,6 +147,48 @@ class LakeFiles:
                 out.write(data)
         return self.uri(rel)
 
+    def pins(self) -> Path:
+        """A new folder for one reader's hard links (see `pin`), inside the dataset's folder so that links
+        can be made (same filesystem) and outside every table's folder so that no listing sees them."""
+        folder = Path(self.base) / ".pins" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def pin(self, paths: list[str], folder: Path) -> list[str]:
+        """Local files as they are now: a hard link to each in `folder` keeps this version readable (and
+        unchanged) after a writer renames a new one over the name; a copy where links cannot be made."""
+        folder.mkdir(parents=True, exist_ok=True)
+        pinned = []
+        for i, path in enumerate(paths):
+            link = folder / f"{i}.parquet"
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+            pinned.append(str(link))
+        return pinned
+
+    def fetch(self, paths: list[str], schema: pa.Schema | None) -> pa.Table:
+        """S3 objects read whole, one GET each (several at once), as one Arrow table of `schema` (columns a
+        file lacks are null) or, without one, of the files' own columns."""
+
+        def one(path: str) -> pa.Table:
+            with self.fs.open_input_stream(path) as f:
+                data = f.readall()
+            return pq.read_table(pa.BufferReader(data))
+
+        with ThreadPoolExecutor(8) as pool:
+            tables = list(pool.map(one, paths))
+        if schema is None:
+            return pa.concat_tables(tables, promote_options="permissive")
+        return pa.concat_tables(
+            pa.Table.from_arrays(
+                [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type) for f in schema],
+                schema=schema,
+            )
+            for t in tables
+        )
+
     def exists(self, rel: str) -> bool:
         return bool(self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File)
 
@@ -219,51 +264,57 @@ class ParquetFeatureStore(FeatureSql):
         con.execute("DROP TABLE _typed")
         return out
 
-    def _register(self, con: duckdb.DuckDBPyConnection, name: str, paths: list[str], schema: pa.Schema | None) -> None:
-        """Make the files `paths` readable as the table `name`. A local file is read by DuckDB itself (in
-        parallel, with its own statistics); an S3 object as an Arrow dataset through pyarrow's S3 filesystem,
-        into which DuckDB pushes its column selection and filters."""
-        if self.files.local:
-            listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW {_q(name)} AS SELECT * FROM read_parquet([{listed}], "
-                "hive_partitioning = false, union_by_name = true)"
-            )
-        else:
-            con.register(name, pads.dataset(paths, schema=schema, filesystem=self.files.fs, format="parquet"))
-
-    def _attach(self, con: duckdb.DuckDBPyConnection, table: str, days: Range) -> None:
+    def _paths(self, table: str, days: Range) -> list[str]:
         first, last = days
-        paths = [
+        return [
             path
             for value, path in sorted(self.files.partitions(table).items())
             if (first is None or dt.date.fromisoformat(value) >= first)
             and (last is None or dt.date.fromisoformat(value) <= last)
         ]
-        if paths:
-            self._register(con, table, paths, self._schema(table))
-        else:
-            con.execute(f"CREATE TEMP TABLE {table} ({self._ddl(table)})")
 
     @contextmanager
     def _engine(self, ranges: dict[str, Range], lookups: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """An in-memory DuckDB connection on which each table of `ranges` holds the partitions of its range
-        of days, and (with `lookups`) each side table that has been loaded is `lookup_<name>`."""
+        of days, and (with `lookups`) each side table that has been loaded is `lookup_<name>`.
+
+        Each file is read as it was when the connection opened it, however often a query scans it, even if
+        a writer replaces it meanwhile: a local file through a hard link taken first (DuckDB opens a file
+        more than once, and read a header of one version with the data of the next: "Out of buffer"), an S3
+        object fetched whole in one GET (ranged reads of one object could straddle two versions)."""
         con = duckdb.connect()
+        pins = self.files.pins() if self.files.local else None
         try:
             if self.memory_limit:
                 con.execute("SET memory_limit = " + "'" + self.memory_limit.replace("'", "''") + "'")
             if self.threads:
                 con.execute(f"SET threads = {int(self.threads)}")
+
+            def register(name: str, paths: list[str], schema: pa.Schema | None) -> None:
+                if pins is None:
+                    con.register(name, self.files.fetch(paths, schema))
+                    return
+                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in self.files.pin(paths, pins / name))
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {_q(name)} AS SELECT * FROM read_parquet([{listed}], "
+                    "hive_partitioning = false, union_by_name = true)"
+                )
+
             for table, days in ranges.items():
-                self._attach(con, table, days)
+                paths = self._paths(table, days)
+                if paths:
+                    register(table, paths, self._schema(table))
+                else:
+                    con.execute(f"CREATE TEMP TABLE {table} ({self._ddl(table)})")
             if lookups:
                 for lk in self.spec.features.lookups:
                     if self.files.exists(f"lookups/{lk.name}.parquet"):
-                        self._register(con, "lookup_" + lk.name, [self.files.path(f"lookups/{lk.name}.parquet")], None)
+                        register("lookup_" + lk.name, [self.files.path(f"lookups/{lk.name}.parquet")], None)
             yield con
         finally:
             con.close()
+            if pins is not None:
+                shutil.rmtree(pins, ignore_errors=True)
 
     def _reading(self, **ranges: Range) -> Any:
         return self._engine(ranges)
@@ -339,9 +390,8 @@ class ParquetFeatureStore(FeatureSql):
         rel = self._partition("features", day)
         if not self.files.exists(rel):
             return set()
-        with self._engine({}) as con:
-            self._register(con, "old", [self.files.path(rel)], self._schema("features"))
-            return {r[0] for r in con.execute("SELECT DISTINCT entity_id FROM old").fetchall()}
+        with self._engine({"features": (day, day)}) as con:
+            return {r[0] for r in con.execute("SELECT DISTINCT entity_id FROM features").fetchall()}
 
     def _online_rows(self, con: duckdb.DuckDBPyConnection, source: str) -> list[OnlineRow]:
         """The newest row of each entity of the feature rows `source`, as the online store keeps them."""
@@ -448,10 +498,20 @@ class ParquetFeatureStore(FeatureSql):
         paths = [p for _, p in sorted(self.files.partitions(f"history/{table}").items())]
         if not paths:
             return pd.DataFrame()
+        parts = [_read_as_written(self.files.fs, p) for p in paths]  # days may differ in columns
         with self._engine({}) as con:
-            if self.files.local:
-                self._register(con, "history", paths, None)
-            else:  # days may differ in columns: a dataset over them would keep the first day's only
-                parts = [pq.read_table(p, filesystem=self.files.fs) for p in paths]
-                con.register("history", pa.concat_tables(parts, promote_options="permissive"))
+            con.register("history", pa.concat_tables(parts, promote_options="permissive"))
             return con.execute("SELECT * FROM history ORDER BY day").df()
+
+
+def _read_as_written(fs: pafs.FileSystem, path: str) -> pa.Table:
+    """A Parquet file as the Arrow table that was written, by the schema pyarrow stored beside the data:
+    Parquet has no second-precision timestamp, and a history frame's `pd.Timestamp(day)` column is one
+    (the file store keeps it so, and the two stores must read alike)."""
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        table = parquet.read()
+        stored = (parquet.metadata.metadata or {}).get(b"ARROW:schema")
+    if stored is None:
+        return table
+    return table.cast(pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored))))
