@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import threading
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -56,12 +58,35 @@ def row_ddl(spec: DatasetSpec) -> str:
     return f"entity_id VARCHAR, event_time TIMESTAMP, event_day DATE, {cols}"
 
 
+class Scratch:
+    """An in-memory DuckDB database per process, handing out connections to it.
+
+    Opening an in-memory database costs about 15 ms (DuckDB 2.0); a connection to an open one (`cursor()`)
+    about 1 ms and has its own temp tables and registered frames. An online lookup or a store call pays
+    the latter. Re-opened in a forked child, which must not use its parent's database."""
+
+    def __init__(self, config: dict[str, str] | None = None) -> None:
+        self.config: dict[str, str | bool | int | float | list[str]] = dict(config or {})
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._db is None or self._pid != os.getpid():
+                self._db, self._pid = duckdb.connect(config=self.config), os.getpid()
+            return self._db.cursor()
+
+
+_SCRATCH = Scratch({"memory_limit": "256MB"})
+
+
 def typed_rows(spec: DatasetSpec, records: list[dict[str, Any]]) -> pd.DataFrame:
     """Feature rows from plain values (e.g. decoded JSON) as the frame DuckDB's `.df()` gives for the
     stored rows: the same columns, order and dtypes, so an online copy answers exactly like the history."""
-    con = duckdb.connect()
+    con = _SCRATCH.connect()
     try:
-        con.execute(f"CREATE TABLE rows ({row_ddl(spec)})")
+        con.execute(f"CREATE TEMP TABLE rows ({row_ddl(spec)})")
         if records:
             frame = pd.DataFrame.from_records(records)
             con.register("decoded", frame.astype(object).where(frame.notna(), None))

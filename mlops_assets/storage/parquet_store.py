@@ -60,6 +60,7 @@ from mlops_assets.storage.feature_sql import (
     PREDICTIONS_DDL,
     FeatureSql,
     Range,
+    Scratch,
     _q,
     encode_row,
     row_ddl,
@@ -221,8 +222,13 @@ class ParquetFeatureStore(FeatureSql):
     threads: int | None = None
     files: LakeFiles = field(init=False, repr=False)
     _schemas: dict[str, pa.Schema] = field(init=False, repr=False, default_factory=dict)
+    _scratch: Scratch = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        config = {"memory_limit": self.memory_limit} if self.memory_limit else {}
+        if self.threads:
+            config["threads"] = str(int(self.threads))
+        self._scratch = Scratch(config)
         self.files = LakeFiles.open(
             self.root,
             self.spec.name,
@@ -246,9 +252,9 @@ class ParquetFeatureStore(FeatureSql):
 
     def _schema(self, table: str) -> pa.Schema:
         if table not in self._schemas:
-            con = duckdb.connect()
+            con = self._scratch.connect()
             try:
-                con.execute(f"CREATE TABLE t ({self._ddl(table)})")
+                con.execute(f"CREATE TEMP TABLE t ({self._ddl(table)})")
                 self._schemas[table] = con.sql("SELECT * FROM t").to_arrow_table().schema
             finally:
                 con.close()
@@ -282,13 +288,9 @@ class ParquetFeatureStore(FeatureSql):
         a writer replaces it meanwhile: a local file through a hard link taken first (DuckDB opens a file
         more than once, and read a header of one version with the data of the next: "Out of buffer"), an S3
         object fetched whole in one GET (ranged reads of one object could straddle two versions)."""
-        con = duckdb.connect()
+        con = self._scratch.connect()
         pins = self.files.pins() if self.files.local else None
         try:
-            if self.memory_limit:
-                con.execute("SET memory_limit = " + "'" + self.memory_limit.replace("'", "''") + "'")
-            if self.threads:
-                con.execute(f"SET threads = {int(self.threads)}")
 
             def register(name: str, paths: list[str], schema: pa.Schema | None) -> None:
                 if pins is None:
@@ -344,7 +346,7 @@ class ParquetFeatureStore(FeatureSql):
         """Store a side table projected to what the feature query joins (see `_lookup_sql`), as one file."""
         if not _NAME.fullmatch(name):
             raise ValueError(f"lookup name {name!r} is not a safe file name")
-        con = duckdb.connect()
+        con = self._scratch.connect()
         try:
             con.register("side", df)
             table = con.sql(self._lookup_sql(name)).to_arrow_table()
@@ -434,7 +436,7 @@ class ParquetFeatureStore(FeatureSql):
     def write_labels(self, arrival_day: dt.date, raw_event_day: pd.DataFrame) -> pd.DataFrame:
         """Replace the labels that arrived on `arrival_day` (an empty delivery empties the day); rows whose
         target is unknown carry no label. Nothing else is rewritten: training sets are joined on demand."""
-        con = duckdb.connect()
+        con = self._scratch.connect()
         try:
             if raw_event_day.empty:
                 rows = pd.DataFrame()
@@ -470,7 +472,7 @@ class ParquetFeatureStore(FeatureSql):
 
     # --- predictions -------------------------------------------------------------------------------------
     def write_predictions(self, day: dt.date, preds: pd.DataFrame) -> None:
-        con = duckdb.connect()
+        con = self._scratch.connect()
         try:
             con.register("newrows", preds)
             table = self._typed(con, "predictions", "SELECT * FROM newrows")
@@ -484,7 +486,7 @@ class ParquetFeatureStore(FeatureSql):
         if not _NAME.fullmatch(table):
             raise ValueError(f"history table {table!r} is not a safe file name")
         rows = rows.assign(day=pd.Timestamp(day))
-        con = duckdb.connect()
+        con = self._scratch.connect()
         try:
             con.register("newrows", rows)
             data = con.sql("SELECT * FROM newrows").to_arrow_table()

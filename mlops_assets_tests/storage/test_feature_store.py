@@ -269,7 +269,11 @@ def day_rows(rng: np.random.Generator, day: dt.date, users: list[str], n: int) -
     )
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    ("store", "seed"),
+    [("duckdb", 0), ("duckdb", 1), ("parquet", 0), ("parquet", 1), ("parquet-redis", 0)],  # S3: the tests above
+    indirect=["store"],
+)
 def test_training_rows_equal_a_from_scratch_join_after_every_write_in_any_order(store: AnyStore, seed: int) -> None:
     """Feature days and label days in a shuffled order, with corrected feature days (changed values,
     withdrawn and new entities) after their labels, late feature days, label days delivered again (changed,

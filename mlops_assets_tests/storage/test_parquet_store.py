@@ -208,18 +208,18 @@ def _same_day_worker(root: str, endpoint: str | None, rows: int, rounds: int) ->
 def test_processes_writing_different_days_at_once_leave_every_row_exactly_once(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Four processes write 16 days (labels first, then the days' features, predictions and history, each
+    """Three processes write 9 days (labels first, then the days' features, predictions and history, each
     process its own days), as workers of a multiprocess or Celery executor would, then all of it once more
     (a day's windows read the days before it, which the first pass may not have had yet): no error, and
     every read equals one process writing the same days in order into the DuckDB file store."""
     store = make_store(backend, tmp_path, spec(), request)
     assert isinstance(store, ParquetFeatureStore)
     store.load_lookup("weather", weather())
-    days = [FIRST + dt.timedelta(days=i) for i in range(16)]
+    days = [FIRST + dt.timedelta(days=i) for i in range(9)]
     root, endpoint = str(store.root), store.s3_endpoint_url
-    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
         for worker in (_labels_worker, _days_worker, _days_worker):
-            done = [pool.submit(worker, root, endpoint, days[i::4]) for i in range(4)]
+            done = [pool.submit(worker, root, endpoint, days[i::3]) for i in range(3)]
             for future in done:
                 future.result()  # re-raises a worker's error here
     want = FeatureStore(tmp_path / "want.duckdb", spec())
@@ -229,8 +229,8 @@ def test_processes_writing_different_days_at_once_leave_every_row_exactly_once(
     for day in days:
         write_day(want, day)
     rows = store.features_between(FAR_PAST, FAR_FUTURE)
-    assert len(rows) == 16 * 12 and not rows.duplicated(["entity_id", "event_time"]).any()
-    assert len(store.read_history("drift_history")) == 16
+    assert len(rows) == 9 * 12 and not rows.duplicated(["entity_id", "event_time"]).any()
+    assert len(store.read_history("drift_history")) == 9
     assert_same_reads(store, want, days)
 
 
