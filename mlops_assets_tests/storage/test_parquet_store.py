@@ -275,7 +275,9 @@ def online(online_factory: list[RedisOnlineStore]) -> RedisOnlineStore:
     return store
 
 
-def test_an_older_day_written_late_never_overwrites_a_newer_online_row(tmp_path: Path, online: RedisOnlineStore) -> None:
+def test_an_older_day_written_late_never_overwrites_a_newer_online_row(
+    tmp_path: Path, online: RedisOnlineStore
+) -> None:
     """A backfill writes the days out of order; a corrected day moves an entity's newest row earlier; an
     entity withdrawn from its newest day falls back to an older one, or leaves; a store of another dataset in
     the same Redis sees none of it."""
