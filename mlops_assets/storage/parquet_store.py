@@ -43,10 +43,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import duckdb
@@ -61,6 +61,7 @@ from mlops_assets.storage.feature_sql import (
     EVERYTHING,
     PREDICTIONS_DDL,
     FeatureSql,
+    FeatureStoreApi,
     Range,
     Scratch,
     _q,
@@ -68,6 +69,9 @@ from mlops_assets.storage.feature_sql import (
     row_ddl,
 )
 from mlops_assets.storage.online_redis import OnlineRow, RedisOnlineStore
+
+if TYPE_CHECKING:
+    from mlops_assets.storage.feature_store import FeatureStore
 
 PART = "part.parquet"
 # Each table's partition column: the day a writer owns. Features, window rows and predictions by the day
@@ -328,7 +332,7 @@ class ParquetFeatureStore(FeatureSql):
             if pins is not None:
                 shutil.rmtree(pins, ignore_errors=True)
 
-    def _reading(self, **ranges: Range) -> Any:
+    def _reading(self, **ranges: Range) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         return self._engine(ranges)
 
     def _all_tables(self) -> dict[str, Range]:
@@ -527,3 +531,9 @@ def _read_as_written(fs: pafs.FileSystem, path: str) -> pa.Table:
     if stored is None:
         return table
     return table.cast(pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored))))
+
+
+if TYPE_CHECKING:  # both backends answer to the one interface, checked by mypy
+
+    def _both_backends(a: FeatureStore, b: ParquetFeatureStore) -> list[FeatureStoreApi]:
+        return [a, b]

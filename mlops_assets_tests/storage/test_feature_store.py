@@ -272,7 +272,7 @@ def day_rows(rng: np.random.Generator, day: dt.date, users: list[str], n: int) -
 
 @pytest.mark.parametrize(
     ("store", "seed"),
-    [("duckdb", 0), ("duckdb", 1), ("parquet", 0), ("parquet", 1), ("parquet-redis", 0)],  # S3: the tests above
+    [("duckdb", 0), ("duckdb", 1), ("parquet", 0), ("parquet-redis", 1)],  # S3: the shorter tests above
     indirect=["store"],
 )
 def test_training_rows_equal_a_from_scratch_join_after_every_write_in_any_order(store: AnyStore, seed: int) -> None:
