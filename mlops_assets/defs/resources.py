@@ -15,8 +15,8 @@ from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.lake import Lake, LocalBackend, S3Backend
-from mlops_assets.storage.stores import AnyFeatureStore
 
 CHAMPION_ALIAS = "champion"
 CHAMPION_HISTORY_TAG = "mlops.champion_history"  # the whole history in one tag, as earlier versions kept it
@@ -36,7 +36,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     s3_endpoint_url: str | None = None
     online_redis_url: str | None = None
 
-    def store(self, spec: DatasetSpec) -> AnyFeatureStore:
+    def store(self, spec: DatasetSpec) -> FeatureStoreApi:
         from mlops_assets.storage.stores import open_feature_store
 
         return open_feature_store(

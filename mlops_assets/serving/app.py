@@ -32,9 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlops_assets.config import DatasetSpec, Settings, load_spec
 from mlops_assets.defs.resources import CHAMPION_ALIAS, ModelRegistryResource
 from mlops_assets.serving.model_watcher import ChampionWatcher, ServedModel
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.feature_store import FeatureStore, is_lock_error
 from mlops_assets.storage.parquet_store import ParquetFeatureStore
-from mlops_assets.storage.stores import AnyFeatureStore, store_for
+from mlops_assets.storage.stores import store_for
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class FeatureStoreUnavailable(RuntimeError):
     """The feature store cannot be read right now; the client may retry."""
 
 
-def online_row(store: AnyFeatureStore, entity_id: str, lock_wait: float) -> pd.DataFrame:
+def online_row(store: FeatureStoreApi, entity_id: str, lock_wait: float) -> pd.DataFrame:
     """The entity's newest feature row (empty if unknown), waiting up to `lock_wait` seconds for a writer.
 
     The DuckDB file's writer is the pipeline, whose transactions are short; a brief retry with backoff rides
@@ -202,6 +203,8 @@ def online_row(store: AnyFeatureStore, entity_id: str, lock_wait: float) -> pd.D
                 f"no feature partitions under {store.files.uri('features')} yet: materialize the features first"
             )
         return found
+    if not isinstance(store, FeatureStore):  # a backend with neither listing nor lock
+        return store.online_features([entity_id])
     if not store.path.exists():
         # FeatureStore.connect would create an empty store here (and take the write lock to do it).
         raise FeatureStoreUnavailable(f"no feature store at {store.path} yet: materialize the features first")

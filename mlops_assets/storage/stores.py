@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.feature_store import FeatureStore
 from mlops_assets.storage.parquet_store import ParquetFeatureStore
 
-# The two backends share one public API (`FeatureSql` and the write_*/read methods): callers take either.
-AnyFeatureStore = FeatureStore | ParquetFeatureStore
+__all__ = ["FeatureStoreApi", "duckdb_file", "open_feature_store", "store_for"]
 
 
 def duckdb_file(data_dir: Path, dataset: str) -> Path:
@@ -26,7 +26,7 @@ def open_feature_store(
     parquet_uri: str = "",
     s3_endpoint_url: str | None = None,
     online_redis_url: str | None = None,
-) -> AnyFeatureStore:
+) -> FeatureStoreApi:
     """`duckdb`: one file per dataset under `data_dir` (the embedded profile: one writing process, so its
     steps share a Dagster pool). `parquet`: the dataset's partitions under `parquet_uri` (a folder or
     `s3://bucket/prefix`, reached through `s3_endpoint_url` when it is not AWS), written by whichever worker
@@ -48,7 +48,7 @@ def open_feature_store(
     raise ValueError(f"feature store kind {kind!r}: expected duckdb or parquet")
 
 
-def store_for(settings: Settings, spec: DatasetSpec) -> AnyFeatureStore:
+def store_for(settings: Settings, spec: DatasetSpec) -> FeatureStoreApi:
     """The store of `spec` in the deployment `settings` describes."""
     import os
 

@@ -21,8 +21,8 @@ from mlops_assets.defs.resources import (
 from mlops_assets.ml.decay import detect_decay
 from mlops_assets.ml.drift import ReferenceProfile
 from mlops_assets.ml.plots import drift_over_time, metric_over_time
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.lake import Lake
-from mlops_assets.storage.stores import AnyFeatureStore
 
 GROUP = "monitoring"
 WARMUP_DAYS = 14  # before the first trained champion, the first two weeks stand in as the reference
@@ -39,7 +39,7 @@ def _profile_from_lake(key: str, sha: str, lake: Lake) -> ReferenceProfile:
 
 
 def reference_profile(
-    spec: DatasetSpec, champion: ChampionInfo | None, store: AnyFeatureStore, lake: Lake, day: dt.date
+    spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStoreApi, lake: Lake, day: dt.date
 ) -> tuple[ReferenceProfile | None, str]:
     """(profile, what it describes). The champion's training data when there is one; else the warm-up."""
     if champion is not None and champion.tags.get("mlops.reference_profile_key"):
@@ -61,7 +61,7 @@ def reference_profile(
 
 
 def reference_rows(
-    spec: DatasetSpec, champion: ChampionInfo | None, store: AnyFeatureStore, lake: Lake
+    spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStoreApi, lake: Lake
 ) -> pd.DataFrame:
     """Rows for Evidently's HTML report (it needs rows, not a sketch): a sample of the same reference."""
     if champion is not None and champion.tags.get("mlops.training_dataset_key"):
