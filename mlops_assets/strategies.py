@@ -94,8 +94,7 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
 
     # continuous: the prediction log, joined to the same rows
     served = store.scored_labels(as_of + dt.timedelta(days=1), last)
-    with store.connect(read_only=True) as con:
-        log = con.execute("SELECT entity_id, event_time, score FROM predictions WHERE event_day > ?", [as_of]).df()
+    log = store.predictions_after(as_of)
     period = period.merge(log.rename(columns={"score": "continuous"}), on=["entity_id", "event_time"], how="left")
 
     # never: the first trained model, frozen

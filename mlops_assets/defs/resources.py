@@ -15,7 +15,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from mlops_assets.config import DatasetSpec, Settings
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.lake import Lake, LocalBackend, S3Backend
 
 CHAMPION_ALIAS = "champion"
@@ -36,7 +36,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     s3_endpoint_url: str | None = None
     online_redis_url: str | None = None
 
-    def store(self, spec: DatasetSpec) -> FeatureStore:
+    def store(self, spec: DatasetSpec) -> FeatureStoreApi:
         from mlops_assets.storage.stores import open_feature_store
 
         return open_feature_store(

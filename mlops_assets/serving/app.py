@@ -32,7 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlops_assets.config import DatasetSpec, Settings, load_spec
 from mlops_assets.defs.resources import CHAMPION_ALIAS, ModelRegistryResource
 from mlops_assets.serving.model_watcher import ChampionWatcher, ServedModel
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.feature_store import FeatureStore, is_lock_error
+from mlops_assets.storage.parquet_store import ParquetFeatureStore
 from mlops_assets.storage.stores import store_for
 
 log = logging.getLogger(__name__)
@@ -186,12 +188,23 @@ class FeatureStoreUnavailable(RuntimeError):
     """The feature store cannot be read right now; the client may retry."""
 
 
-def online_row(store: FeatureStore, entity_id: str, lock_wait: float) -> pd.DataFrame:
+def online_row(store: FeatureStoreApi, entity_id: str, lock_wait: float) -> pd.DataFrame:
     """The entity's newest feature row (empty if unknown), waiting up to `lock_wait` seconds for a writer.
 
-    The writer is the pipeline, whose transactions are short; a brief retry with backoff rides them out,
-    and past that the caller gets a clear 503 rather than a request hanging on someone else's job.
+    The DuckDB file's writer is the pipeline, whose transactions are short; a brief retry with backoff rides
+    them out, and past that the caller gets a clear 503 rather than a request hanging on someone else's job.
+    The Parquet store has no lock to wait for (partitions are replaced whole; Redis answers by key).
     """
+    if isinstance(store, ParquetFeatureStore):
+        found = store.online_features([entity_id])
+        # Only on a miss: is it this entity, or has no day been materialized yet? (one listing, not per hit)
+        if found.empty and not store.files.partitions("features"):
+            raise FeatureStoreUnavailable(
+                f"no feature partitions under {store.files.uri('features')} yet: materialize the features first"
+            )
+        return found
+    if not isinstance(store, FeatureStore):  # a backend with neither listing nor lock
+        return store.online_features([entity_id])
     if not store.path.exists():
         # FeatureStore.connect would create an empty store here (and take the write lock to do it).
         raise FeatureStoreUnavailable(f"no feature store at {store.path} yet: materialize the features first")
@@ -253,7 +266,9 @@ def create_app(
     )
     watcher = ChampionWatcher(registry, spec.model_name, interval=poll_seconds)
     # the API answers 503 after its own short wait (online_row) rather than hold a request for the pipeline
-    store = dataclasses.replace(store_for(settings, spec), lock_wait_seconds=0.0)
+    store = store_for(settings, spec)
+    if isinstance(store, FeatureStore):
+        store = dataclasses.replace(store, lock_wait_seconds=0.0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

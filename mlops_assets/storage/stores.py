@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlops_assets.config import DatasetSpec, Settings
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.parquet_store import ParquetFeatureStore
+
+__all__ = ["FeatureStoreApi", "duckdb_file", "open_feature_store", "store_for"]
 
 
 def duckdb_file(data_dir: Path, dataset: str) -> Path:
@@ -22,13 +26,29 @@ def open_feature_store(
     parquet_uri: str = "",
     s3_endpoint_url: str | None = None,
     online_redis_url: str | None = None,
-) -> FeatureStore:
+) -> FeatureStoreApi:
+    """`duckdb`: one file per dataset under `data_dir` (the embedded profile: one writing process, so its
+    steps share a Dagster pool). `parquet`: the dataset's partitions under `parquet_uri` (a folder or
+    `s3://bucket/prefix`, reached through `s3_endpoint_url` when it is not AWS), written by whichever worker
+    runs a day, with each entity's newest row also in Redis when `online_redis_url` is set (what the API
+    reads by key)."""
     if kind == "duckdb":
         return FeatureStore(duckdb_file(data_dir, spec.name), spec)
+    if kind == "parquet":
+        if not parquet_uri:
+            raise ValueError("the parquet feature store needs a root (MLOPS_LAKE_URI/feature_store): none given")
+        online = None
+        if online_redis_url:
+            import redis
+
+            from mlops_assets.storage.online_redis import RedisOnlineStore
+
+            online = RedisOnlineStore(redis.Redis.from_url(online_redis_url), spec)
+        return ParquetFeatureStore(parquet_uri, spec, online=online, s3_endpoint_url=s3_endpoint_url)
     raise ValueError(f"feature store kind {kind!r}: expected duckdb or parquet")
 
 
-def store_for(settings: Settings, spec: DatasetSpec) -> FeatureStore:
+def store_for(settings: Settings, spec: DatasetSpec) -> FeatureStoreApi:
     """The store of `spec` in the deployment `settings` describes."""
     import os
 

@@ -379,3 +379,43 @@ def test_predict_by_entity_from_the_online_store(world: World, client: TestClien
         holder.stdin.close()
         holder.wait(timeout=10)
     assert client.get("/predict/u").status_code == 200
+
+
+def test_predict_by_entity_from_redis_over_the_parquet_store(world: World, tmp_path: Path) -> None:
+    """The production store: Parquet partitions with each entity's newest row in Redis. Before any day is
+    written the API says so (503), not "unknown entity"; afterwards it answers from Redis by key."""
+    import redis
+
+    from mlops_assets_tests.storage.conftest import redis_client
+
+    redis_client()  # skips where no Redis listens (fails on CI)
+    url = f"redis://127.0.0.1:6379/{2 + int(time.time_ns()) % 14}"
+    settings = world.settings.model_copy(
+        update={
+            "feature_store": "parquet",
+            "lake_uri": str(tmp_path / "lake"),
+            "online_redis_url": url,
+        }
+    )
+    store = store_for(settings, world.spec)
+    namespace = f"mlops:{world.spec.name}:online:*"
+    keys = redis.Redis.from_url(url)
+    for k in keys.scan_iter(match=namespace):
+        keys.delete(k)
+    world.move(world.baseline)
+    try:
+        with TestClient(create_app(settings, poll_seconds=3600)) as client:
+            empty = client.get("/predict/u")
+            assert empty.status_code == 503 and "no feature partitions" in empty.json()["detail"], empty.text
+            raw = pd.DataFrame(
+                {"user": ["u"], "ts": [pd.Timestamp("2024-01-01 10:00")], "x": [2.0], "kind": ["a"], "y": [1]}
+            )
+            store.write_features(dt.date(2024, 1, 1), raw)
+            assert list(keys.scan_iter(match=namespace)), "no online row in Redis"
+            r = client.get("/predict/u")
+            assert r.status_code == 200, r.text
+            assert r.json()["features"] == {"x": 2.0, "kind": "a", "user_rate_7d": None}
+            assert client.get("/predict/nobody").status_code == 404
+    finally:
+        for k in keys.scan_iter(match=namespace):
+            keys.delete(k)

@@ -18,19 +18,32 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._time import get_current_datetime
 
-from mlops_assets.config import Settings, load_spec
+from mlops_assets.config import DatasetSpec, Settings, load_spec
 from mlops_assets.definitions import build_defs
 from mlops_assets.replay import QUIET
 from mlops_assets.storage.feature_store import _ENSURED, LATEST, FeatureStore
 from mlops_assets.storage.stores import store_for
 from mlops_assets_tests.conftest import TOY_SPEC, akey, job
+from mlops_assets_tests.storage.conftest import BACKENDS, AnyStore, make_store
+
+
+def toy_spec(tmp_path: Path) -> DatasetSpec:
+    p = tmp_path / "toy.yaml"
+    p.write_text(yaml.safe_dump({**TOY_SPEC, "source": {"kind": "folder", "path": str(tmp_path)}}))
+    return load_spec(p)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> AnyStore:
+    """Every test of the store's behaviour runs on each backend: the DuckDB file, Parquet on a local folder,
+    on S3, and with its online rows in Redis."""
+    return make_store(request.param, tmp_path, toy_spec(tmp_path), request)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> FeatureStore:
-    p = tmp_path / "toy.yaml"
-    p.write_text(yaml.safe_dump({**TOY_SPEC, "source": {"kind": "folder", "path": str(tmp_path)}}))
-    return FeatureStore(tmp_path / "fs.duckdb", load_spec(p))
+def duckdb_store(tmp_path: Path) -> FeatureStore:
+    """The DuckDB file alone, for what only it has: tables of an earlier version to upgrade."""
+    return FeatureStore(tmp_path / "fs.duckdb", toy_spec(tmp_path))
 
 
 def rows(day: str, user: str, y: int, x: float, n: int = 3) -> pd.DataFrame:
@@ -38,7 +51,7 @@ def rows(day: str, user: str, y: int, x: float, n: int = 3) -> pd.DataFrame:
     return pd.DataFrame({"user": user, "ts": ts, "x": x, "kind": "a", "y": y})
 
 
-def test_label_rates_use_only_labels_that_had_arrived(store: FeatureStore) -> None:
+def test_label_rates_use_only_labels_that_had_arrived(store: AnyStore) -> None:
     # Day 1: user u is always 0. Day 2: always 1. Labels arrive one day late.
     d1, d2, d3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
     r1, r2, r3 = (
@@ -57,7 +70,7 @@ def test_label_rates_use_only_labels_that_had_arrived(store: FeatureStore) -> No
     assert (f3["user_rate_7d"] > 0.45).all() and (f3["user_rate_7d"] < 0.55).all()
 
 
-def test_training_set_joins_each_label_to_the_features_known_at_its_time(store: FeatureStore) -> None:
+def test_training_set_joins_each_label_to_the_features_known_at_its_time(store: AnyStore) -> None:
     d1, d2, d3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
     r1 = rows("2024-01-01", "u", 0, 1.0, n=1)
     r2 = rows("2024-01-02", "u", 1, 99.0, n=1)  # a later feature value that must not reach day 1's label
@@ -71,7 +84,7 @@ def test_training_set_joins_each_label_to_the_features_known_at_its_time(store: 
     assert list(t3["x"]) == [1.0, 99.0] and list(t3["label"]) == [0, 1]
 
 
-def test_rematerializing_a_day_replaces_it_exactly_once(store: FeatureStore) -> None:
+def test_rematerializing_a_day_replaces_it_exactly_once(store: AnyStore) -> None:
     d1 = dt.date(2024, 1, 1)
     store.write_features(d1, rows("2024-01-01", "u", 0, 1.0))
     store.write_features(d1, rows("2024-01-01", "u", 0, 5.0))
@@ -80,7 +93,7 @@ def test_rematerializing_a_day_replaces_it_exactly_once(store: FeatureStore) -> 
     assert len(got) == 3 and (got["x"] == 5.0).all()
 
 
-def test_online_features_return_the_latest_row_per_entity(store: FeatureStore) -> None:
+def test_online_features_return_the_latest_row_per_entity(store: AnyStore) -> None:
     store.write_features(dt.date(2024, 1, 1), rows("2024-01-01", "u", 0, 1.0))
     store.write_features(dt.date(2024, 1, 2), rows("2024-01-02", "u", 0, 7.0))
     store.write_features(
@@ -93,7 +106,7 @@ def test_online_features_return_the_latest_row_per_entity(store: FeatureStore) -
 # --- re-materialization, the online side, and the as-of join against pandas ----------------------------------
 
 
-def test_a_corrected_day_replaces_that_day_only(store: FeatureStore) -> None:
+def test_a_corrected_day_replaces_that_day_only(store: AnyStore) -> None:
     days = [dt.date(2024, 1, d) for d in (1, 2, 3)]
     for i, d in enumerate(days):
         store.write_features(
@@ -112,7 +125,7 @@ def test_a_corrected_day_replaces_that_day_only(store: FeatureStore) -> None:
     assert len(store.features_between(days[0], days[2])) == 3 + 6 + 6
 
 
-def test_online_features_follow_a_rematerialized_day_without_duplicates(store: FeatureStore) -> None:
+def test_online_features_follow_a_rematerialized_day_without_duplicates(store: AnyStore) -> None:
     d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
     store.write_features(
         d1,
@@ -132,7 +145,8 @@ def test_online_features_follow_a_rematerialized_day_without_duplicates(store: F
     assert latest.loc["v", "event_time"] == pd.Timestamp("2024-01-01 12:00")
 
 
-def test_a_store_of_an_earlier_version_gets_its_online_table_from_the_history(store: FeatureStore) -> None:
+def test_a_store_of_an_earlier_version_gets_its_online_table_from_the_history(duckdb_store: FeatureStore) -> None:
+    store = duckdb_store
     store.write_features(dt.date(2024, 1, 1), rows("2024-01-01", "u", 0, 1.0))
     store.write_features(dt.date(2024, 1, 2), rows("2024-01-02", "u", 0, 2.0))
     with store.connect() as con:
@@ -144,7 +158,7 @@ def test_a_store_of_an_earlier_version_gets_its_online_table_from_the_history(st
     assert backfilled == [("u", 2.0)]
 
 
-def test_training_frame_equals_pandas_merge_asof_on_random_data(store: FeatureStore) -> None:
+def test_training_frame_equals_pandas_merge_asof_on_random_data(store: AnyStore) -> None:
     """The store's as-of join against the textbook one, on random entities and irregular times: labels
     before their entity's first feature row, labels of unknown entities, and labels exactly at a feature
     row's time (which that row must answer)."""
@@ -212,7 +226,7 @@ def test_training_frame_equals_pandas_merge_asof_on_random_data(store: FeatureSt
 FAR_PAST, FAR_FUTURE = dt.date(2000, 1, 1), dt.date(2100, 1, 1)
 
 
-def merge_asof_frame(store: FeatureStore, as_of: dt.date, since: dt.date | None = None) -> pd.DataFrame:
+def merge_asof_frame(store: AnyStore, as_of: dt.date, since: dt.date | None = None) -> pd.DataFrame:
     """The training frame from scratch with pandas, from what the store holds: every label arrived by `as_of`
     (of an event on or after `since`) with the newest feature row of its entity at or before its time."""
     with store.connect(read_only=True) as con:
@@ -234,7 +248,7 @@ def merge_asof_frame(store: FeatureStore, as_of: dt.date, since: dt.date | None 
     return want.astype({"kind": object}).where(want.notna(), None).astype(want.dtypes.to_dict())
 
 
-def assert_training_frame_is_exact(store: FeatureStore, as_of: dt.date, since: dt.date | None = None) -> pd.DataFrame:
+def assert_training_frame_is_exact(store: AnyStore, as_of: dt.date, since: dt.date | None = None) -> pd.DataFrame:
     """The maintained frame equals the one-shot join exactly (rows, order, dtypes) and pandas' merge_asof."""
     got = store.training_frame(as_of, since)
     pd.testing.assert_frame_equal(got, store.training_frame(as_of, since, from_scratch=True), check_exact=True)
@@ -256,8 +270,12 @@ def day_rows(rng: np.random.Generator, day: dt.date, users: list[str], n: int) -
     )
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_training_rows_equal_a_from_scratch_join_after_every_write_in_any_order(store: FeatureStore, seed: int) -> None:
+@pytest.mark.parametrize(
+    ("store", "seed"),
+    [("duckdb", 0), ("duckdb", 1), ("parquet", 0), ("parquet-redis", 1)],  # S3: the shorter tests above
+    indirect=["store"],
+)
+def test_training_rows_equal_a_from_scratch_join_after_every_write_in_any_order(store: AnyStore, seed: int) -> None:
     """Feature days and label days in a shuffled order, with corrected feature days (changed values,
     withdrawn and new entities) after their labels, late feature days, label days delivered again (changed,
     or empty), and gaps longer than the recent window a label first searches: after every write the
@@ -305,7 +323,7 @@ def test_training_rows_equal_a_from_scratch_join_after_every_write_in_any_order(
             assert got["x"].isna().sum() == 0 and got["kind"].isna().any()
 
 
-def test_a_label_finds_a_feature_row_older_than_the_recent_window(store: FeatureStore) -> None:
+def test_a_label_finds_a_feature_row_older_than_the_recent_window(store: AnyStore) -> None:
     store.write_features(
         dt.date(2024, 1, 1), pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0)])
     )
@@ -316,7 +334,7 @@ def test_a_label_finds_a_feature_row_older_than_the_recent_window(store: Feature
     assert got.set_index("entity_id")["x"].to_dict() == {"u": 1.0, "v": 3.0}  # u's row is 19 days old
 
 
-def test_relabelling_a_day_replaces_its_training_rows(store: FeatureStore) -> None:
+def test_relabelling_a_day_replaces_its_training_rows(store: AnyStore) -> None:
     store.write_features(
         dt.date(2024, 1, 1), pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0)])
     )
@@ -328,7 +346,7 @@ def test_relabelling_a_day_replaces_its_training_rows(store: FeatureStore) -> No
     assert store.training_frame(dt.date(2024, 1, 2)).empty
 
 
-def test_a_corrected_feature_day_rematches_the_labels_after_it(store: FeatureStore) -> None:
+def test_a_corrected_feature_day_rematches_the_labels_after_it(store: AnyStore) -> None:
     """Labels already matched, then their features change: a corrected day, a withdrawn entity, a late day."""
     store.write_features(
         dt.date(2024, 1, 1), pd.concat([rows("2024-01-01", "u", 0, 1.0), rows("2024-01-01", "v", 0, 2.0)])
@@ -350,7 +368,8 @@ def test_a_corrected_feature_day_rematches_the_labels_after_it(store: FeatureSto
     assert after == {"u": {30.0}, "v": {2.0}, "w": {5.0}}
 
 
-def test_a_store_of_an_earlier_version_is_read_from_scratch_then_backfilled(store: FeatureStore) -> None:
+def test_a_store_of_an_earlier_version_is_read_from_scratch_then_backfilled(duckdb_store: FeatureStore) -> None:
+    store = duckdb_store
     for d in (1, 2, 3):
         day = dt.date(2024, 1, d)
         store.write_features(day, pd.concat([rows(day.isoformat(), "u", 0, d), rows(day.isoformat(), "v", 0, -d)]))

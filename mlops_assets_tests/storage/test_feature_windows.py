@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 
 from mlops_assets.config import DatasetSpec
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets_tests.storage.conftest import make_store
+
+BACKENDS = ["duckdb", "parquet", "parquet-s3"]
 
 SPEC: dict[str, Any] = {
     "name": "sales",
@@ -40,8 +43,11 @@ def _day(d: int, units: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame({"shop": list(units), "ts": [ts] * len(units), "units": list(units.values())})
 
 
-def test_windows_aggregate_previous_days_per_entity_and_never_the_day_itself(tmp_path: Path) -> None:
-    store = FeatureStore(tmp_path / "fs.duckdb", DatasetSpec.model_validate(SPEC))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_windows_aggregate_previous_days_per_entity_and_never_the_day_itself(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = make_store(backend, tmp_path, DatasetSpec.model_validate(SPEC), request)
     first = store.write_features(dt.date(2024, 1, 1), _day(1, {"a": 1.0, "b": 10.0}))
     assert first["units_lag_1"].isna().all() and first["units_sum_2d"].isna().all()
     store.write_features(dt.date(2024, 1, 2), _day(2, {"a": 2.0, "b": 20.0}))
@@ -56,11 +62,14 @@ def test_windows_aggregate_previous_days_per_entity_and_never_the_day_itself(tmp
     assert again.loc["a", "units_sum_2d"] == 3.0
 
 
-def test_no_entity_keeps_rows_that_share_a_timestamp_and_labels_meet_their_features(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_entity_keeps_rows_that_share_a_timestamp_and_labels_meet_their_features(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     raw = copy.deepcopy(SPEC)
     raw["entity"] = []
     raw["features"]["windows"] = {}
-    store = FeatureStore(tmp_path / "fs.duckdb", DatasetSpec.model_validate(raw))
+    store = make_store(backend, tmp_path, DatasetSpec.model_validate(raw), request)
     rows = _day(1, {"a": 1.0, "b": 2.0, "c": 3.0})
     feats = store.write_features(dt.date(2024, 1, 1), rows)
     assert len(feats) == 3 and feats["entity_id"].nunique() == 3

@@ -20,7 +20,7 @@ from mlops_assets.defs.resources import (
 )
 from mlops_assets.ml.decay import detect_decay
 from mlops_assets.ml.drift import ReferenceProfile
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.lake import Lake
 
 GROUP = "monitoring"
@@ -38,7 +38,7 @@ def _profile_from_lake(key: str, sha: str, lake: Lake) -> ReferenceProfile:
 
 
 def reference_profile(
-    spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStore, lake: Lake, day: dt.date
+    spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStoreApi, lake: Lake, day: dt.date
 ) -> tuple[ReferenceProfile | None, str]:
     """(profile, what it describes). The champion's training data when there is one; else the warm-up."""
     if champion is not None and champion.tags.get("mlops.reference_profile_key"):
@@ -59,7 +59,9 @@ def reference_profile(
     return profile, f"warm-up days {first} to {last} ({len(warm)} rows)"
 
 
-def reference_rows(spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStore, lake: Lake) -> pd.DataFrame:
+def reference_rows(
+    spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStoreApi, lake: Lake
+) -> pd.DataFrame:
     """Rows for Evidently's HTML report (it needs rows, not a sketch): a sample of the same reference."""
     if champion is not None and champion.tags.get("mlops.training_dataset_key"):
         frame = lake.read_frame(

@@ -12,7 +12,7 @@ import pandas as pd
 from mlops_assets.config import DatasetSpec
 from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
 from mlops_assets.ml.promote import GateOutcome, GatePolicy, run_gate
-from mlops_assets.storage.feature_store import FeatureStore
+from mlops_assets.storage.feature_sql import FeatureStoreApi
 
 
 def judge(
@@ -37,18 +37,18 @@ def judge(
     )
 
 
-def current_holdout(ds: DatasetSpec, store: FeatureStore, as_of: dt.date | None = None) -> tuple[pd.DataFrame, dt.date]:
+def current_holdout(
+    ds: DatasetSpec, store: FeatureStoreApi, as_of: dt.date | None = None
+) -> tuple[pd.DataFrame, dt.date]:
     """The hold-out a retrain started now would be judged on: the newest `holdout_days` of every label arrived
     by `as_of` (default: the newest arrival day), split exactly as `training_dataset` and `evaluation_report`
     split it."""
     from mlops_assets.defs.training.assets import split_days  # training imports this module
 
     if as_of is None:
-        with store.connect(read_only=True) as con:
-            row = con.execute("SELECT max(arrival_day) FROM labels").fetchone()
-        if not row or row[0] is None:
+        as_of = store.last_arrival_day()
+        if as_of is None:
             raise ValueError("no labels in the feature store yet: no hold-out to judge on")
-        as_of = row[0]
     assert as_of is not None
     holdout = split_days(store.training_frame(as_of), ds)["holdout"].reset_index(drop=True)
     return holdout, as_of

@@ -70,11 +70,9 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         store = feature_store.store(spec)
         as_of = dt.date.fromisoformat(config.as_of) if config.as_of else None
         if as_of is None:
-            with store.connect(read_only=True) as con:
-                row = con.execute("SELECT max(arrival_day) FROM labels").fetchone()
-            if not row or row[0] is None:
+            as_of = store.last_arrival_day()  # reads the labels alone (on Parquet: not every table's files)
+            if as_of is None:
                 raise dg.Failure("no labels in the feature store yet: nothing to train on")
-            as_of = row[0]
         frame = store.training_frame(as_of)
         parts = split_days(frame, ds)
         key, sha = lake.lake().write_frame("datasets", ds.name, None, frame)
