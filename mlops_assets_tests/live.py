@@ -373,7 +373,9 @@ def example_row(spec: DatasetSpec) -> dict[str, Any]:
 
 def materialization_times(instance: dg.DagsterInstance, key: dg.AssetKey) -> pd.DataFrame:
     """Every materialization of an asset: partition, storage id, wall-clock timestamp, metadata values."""
-    recs = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=100_000).records
+    recs = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key), limit=10_000
+    ).records  # the storage's ceiling per fetch; a year is 365
     rows = []
     for rec in recs:
         mat = rec.asset_materialization
