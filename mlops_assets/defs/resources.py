@@ -143,6 +143,14 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._ensure_store()
+        # Import MLflow and the model loader and open the store now, as the run starts, not in the first step
+        # that asks: that step holds its dataset's feature-store pool, and in a fresh run process this costs
+        # seconds (about 7 on 2 busy cores) that every other run's steps waited out behind it, so a daemon's
+        # backfill ran one day at a time.
+        import mlflow.sklearn  # noqa: F401
+        import skops.io  # noqa: F401
+
+        _ = self.client
 
     def _ensure_store(self) -> None:
         if self.tracking_uri.startswith("sqlite:///"):
