@@ -90,13 +90,14 @@ def test_ui_shows_the_graph_the_reports_and_the_sensor(webserver: str, tmp_path:
         )
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
 
+        # every asset is listed under its dataset's key prefix
         page.goto(f"{webserver}/assets", wait_until="domcontentloaded")
-        expect(page.get_by_text("raw_batches", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("flights / raw_batches", exact=True).first).to_be_visible(timeout=60_000)
         skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
         if skip.count():
             skip.first.click()
         for name in ("features", "drift_report", "performance_report", "champion", "batch_predictions"):
-            expect(page.get_by_text(name, exact=True).first).to_be_visible()
+            expect(page.get_by_text(f"flights / {name}", exact=True).first).to_be_visible()
         expect(page.get_by_text("365 partitions").first).to_be_visible()
         page.screenshot(path=str(tmp_path / "catalog.png"))
 
@@ -104,7 +105,7 @@ def test_ui_shows_the_graph_the_reports_and_the_sensor(webserver: str, tmp_path:
         for group in ("ingestion", "features", "monitoring", "training", "registry", "serving"):
             expect(page.get_by_text(group, exact=True).first).to_be_visible(timeout=60_000)
 
-        page.goto(f"{webserver}/assets/drift_report?view=events", wait_until="domcontentloaded")
+        page.goto(f"{webserver}/assets/flights/drift_report?view=events", wait_until="domcontentloaded")
         expect(page.get_by_text("drift_share").first).to_be_visible(timeout=60_000)
         page.screenshot(path=str(tmp_path / "drift_report.png"))
 
