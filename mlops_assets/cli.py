@@ -145,6 +145,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     try:
         # Through approve_job, like the UI's launchpad: the move is a run and lands in the champion's metadata.
         config = {"version": args.version, "actor": args.actor or getpass.getuser()}
+        if args.force:
+            # skips the re-run of the gate; the reason is kept in the champion's history with the move
+            config |= {"force": True, "force_reason": args.reason or ""}
         print(run_registry_action(settings, "approve_job", config))
     except RegistryActionError as exc:
         print(exc, file=sys.stderr)
@@ -223,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(a)
     a.add_argument("version")
     a.add_argument("--actor")
+    a.add_argument("--force", action="store_true", help="promote without re-running the gate (needs --reason)")
+    a.add_argument("--reason", help="why the gate is skipped; recorded with the move")
     a.set_defaults(func=cmd_approve)
 
     rb = sub.add_parser("rollback", help="move the champion back to the previous version")

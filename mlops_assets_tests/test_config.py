@@ -62,3 +62,21 @@ def test_settings_default_under_data_dir_and_follow_the_environment(tmp_path: Pa
         "s3://bucket/lake",
         "postgresql://db/mlflow",
     )
+    assert p.feature_store == "parquet" and p.feature_store_uri == "s3://bucket/lake/feature_store"
+
+
+def test_the_data_folder_is_the_working_folders_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a user's folder, the state lands in ./data there, never beside the installed package."""
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.data_dir == tmp_path / "data"
+    assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'data' / 'mlflow' / 'mlflow.db'}"
+    assert s.lake_uri == str(tmp_path / "data" / "lake")
+    assert s.feature_store == "duckdb"
+
+
+def test_a_deployment_lists_its_datasets_and_a_command_narrows_to_one(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    s = Settings.from_env({"MLOPS_DATA_DIR": str(tmp_path), "MLOPS_SPECS": f"{a}, {b}", "MLOPS_SPEC": "ignored"})
+    assert s.spec_paths == (a, b) and s.spec_path == a
+    assert s.with_spec(b).spec_paths == (b,)

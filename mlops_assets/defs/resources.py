@@ -1,17 +1,17 @@
 """Resources shared by every domain, picked per deployment by MLOPS_PROFILE (embedded or production)."""
 
 import datetime as dt
+import enum
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from mlops_assets.config import DatasetSpec, Settings
@@ -58,6 +58,8 @@ class LakeResource(dg.ConfigurableResource):
 
     def lake(self) -> Lake:
         if self.uri.startswith("s3://"):
+            from dagster_aws.s3 import S3Resource  # boto3 and dagster-aws: paid only where the lake is S3
+
             bucket, _, prefix = self.uri[len("s3://") :].partition("/")
             client = S3Resource(endpoint_url=self.s3_endpoint_url, region_name=self.s3_region_name).get_client()
             return Lake(S3Backend(client, bucket, prefix))
@@ -98,6 +100,36 @@ class ChampionInfo:
         return f"models:/{self.name}/{self.version}"
 
 
+class AnyChampion(enum.Enum):
+    """`expected_previous=ANY_CHAMPION`: move whatever the alias names now (tests and tools only; every
+    move in the product says which champion it expects to replace)."""
+
+    ANY = "any"
+
+
+ANY_CHAMPION: Literal[AnyChampion.ANY] = AnyChampion.ANY
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version is not None else "no champion"
+
+
+@dataclass(frozen=True)
+class MoveOutcome:
+    """The result of a compare-and-set on the alias: moved, or refused with the reason a person reads."""
+
+    moved: bool
+    version: str
+    previous: str | None  # what the alias named when the move was decided, under the lock
+    expected: str | AnyChampion | None
+    lock: str  # which mutex the read-compare-write ran under ("flock", "pg_advisory_lock", "none")
+    reason: str = ""
+
+    @property
+    def decision(self) -> str:
+        return "moved" if self.moved else "stale"
+
+
 class ModelRegistryResource(dg.ConfigurableResource):
     """The registry side of MLflow: versions, aliases and the champion's history.
 
@@ -111,6 +143,14 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._ensure_store()
+        # Import MLflow and the model loader and open the store now, as the run starts, not in the first step
+        # that asks: that step holds its dataset's feature-store pool, and in a fresh run process this costs
+        # seconds (about 7 on 2 busy cores) that every other run's steps waited out behind it, so a daemon's
+        # backfill ran one day at a time.
+        import mlflow.sklearn  # noqa: F401
+        import skops.io  # noqa: F401
+
+        _ = self.client
 
     def _ensure_store(self) -> None:
         if self.tracking_uri.startswith("sqlite:///"):
@@ -189,6 +229,13 @@ class ModelRegistryResource(dg.ConfigurableResource):
         moves = [json.loads(tags[k]) for k in sorted(tags) if k.startswith(CHAMPION_MOVE_PREFIX)]
         return [*(json.loads(legacy) if legacy else []), *moves]
 
+    def _next_move_ns(self, name: str) -> int:
+        """The new move's key, after every recorded one even when this worker's clock is behind the last
+        mover's: the history is read in key order, which must be the order of the moves."""
+        tags = self.client.get_registered_model(name).tags
+        stamps = [k[len(CHAMPION_MOVE_PREFIX) :].split(".")[0] for k in tags if k.startswith(CHAMPION_MOVE_PREFIX)]
+        return max(time.time_ns(), max((int(s) for s in stamps if s.isdigit()), default=0) + 1)
+
     def move_champion(
         self,
         name: str,
@@ -198,34 +245,66 @@ class ModelRegistryResource(dg.ConfigurableResource):
         actor: str,
         data_day: str | None = None,
         kind: str = "promote",
-    ) -> None:
-        """Point the alias at `version` and record the move (MLflow keeps no history of aliases itself, and a
-        rollback needs to know where the alias was before).
+        expected_previous: str | AnyChampion | None = ANY_CHAMPION,
+        extra: Mapping[str, Any] | None = None,
+    ) -> MoveOutcome:
+        """Point the alias at `version`, only if it still names `expected_previous` (None: no champion yet),
+        and record the move (MLflow keeps no history of aliases itself, and a rollback needs to know where
+        the alias was before).
+
+        Compare-and-set: a gate compares a challenger with one champion; if another run moved the alias
+        since, promoting now would replace a model the challenger was never compared with. MLflow has no
+        conditional alias write, so the read, the comparison and both writes run under `champion_lock` (a
+        file lock for a SQLite store, a PostgreSQL advisory lock for a PostgreSQL one), which every mover
+        takes whatever launched it; the Dagster pool on the moving steps only keeps them from waiting here.
+        A refused move returns `moved=False` with the reason; it changes nothing.
 
         `kind` (baseline, promote, approve, rollback) lets a rollback tell a move forward from a move back.
         The alias and its record are two registry writes: when the second fails, the alias is put back, so
         a registry failure never leaves a champion that no record explains. Each move is its own tag, added
-        and never rewritten, so no move is lost to another made at the same time."""
-        previous = self.champion(name)
-        move = {
-            "version": str(version),
-            "previous": str(previous.version) if previous is not None else None,
-            "kind": kind,
-            "reason": reason[:2000],  # MLflow caps a tag's value; the reason is the only free text
-            "actor": actor,
-            "data_day": data_day,
-            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        key = f"{CHAMPION_MOVE_PREFIX}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
-        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-        try:
-            self.client.set_registered_model_tag(name, key, json.dumps(move))
-        except Exception:
-            if previous is not None:
-                self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(previous.version))
-            else:
-                self.client.delete_registered_model_alias(name, CHAMPION_ALIAS)
-            raise
+        and never rewritten; under the lock, each record's `previous` is the version the move before it set."""
+        from mlops_assets.ml.promote import champion_lock
+
+        if expected_previous is not None and expected_previous is not ANY_CHAMPION:
+            expected_previous = str(expected_previous)  # MLflow's ModelVersion.version is an int
+        with champion_lock(self.tracking_uri, name) as lock:
+            current = self.champion(name)
+            now = str(current.version) if current is not None else None
+            if expected_previous is not ANY_CHAMPION and now != expected_previous:
+                return MoveOutcome(
+                    False,
+                    str(version),
+                    now,
+                    expected_previous,
+                    lock,
+                    f"champion moved from {_v(expected_previous)} to {_v(now)} since the rollback read it; "
+                    f"not rolled back to v{version}"
+                    if kind == "rollback"
+                    else f"champion moved from {_v(expected_previous)} to {_v(now)} since the evaluation; "
+                    f"v{version} not promoted",
+                )
+            move = {
+                **(extra or {}),  # first: what the caller adds never overwrites what the move is
+                "version": str(version),
+                "previous": now,
+                "kind": kind,
+                "reason": reason[:2000],  # MLflow caps a tag's value; the reason is the only free text
+                "actor": actor,
+                "data_day": data_day,
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                **({"compared_with": expected_previous} if expected_previous is not ANY_CHAMPION else {}),
+            }
+            key = f"{CHAMPION_MOVE_PREFIX}{self._next_move_ns(name):020d}.{uuid.uuid4().hex[:8]}"
+            self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+            try:
+                self.client.set_registered_model_tag(name, key, json.dumps(move))
+            except Exception:
+                if now is not None:
+                    self.client.set_registered_model_alias(name, CHAMPION_ALIAS, now)
+                else:
+                    self.client.delete_registered_model_alias(name, CHAMPION_ALIAS)
+                raise
+        return MoveOutcome(True, str(version), now, expected_previous, lock)
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
@@ -269,7 +348,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     io_manager: Any
     endpoint = dg.EnvVar("MLOPS_S3_ENDPOINT_URL").get_value()
     if settings.profile == "production":
-        from dagster_aws.s3 import S3PickleIOManager
+        from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
         bucket, _, prefix = settings.lake_uri.removeprefix("s3://").partition("/")
         io_manager = S3PickleIOManager(

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import UndefinedMetricWarning
 
 from mlops_assets.ml.decay import higher_is_better, score
 
@@ -196,6 +195,8 @@ def performance_html(df: pd.DataFrame, *, target: str, prediction: str, task: st
         preset = RegressionPreset()
     with warnings.catch_warnings():
         # a hold-out where the model never crosses 0.5 makes sklearn warn about precision once per metric
+        from sklearn.exceptions import UndefinedMetricWarning  # scikit-learn's import is paid where it is used
+
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         snapshot = Report([preset]).run(Dataset.from_pandas(data, data_definition=definition), None)
     snapshot.save_html(str(path))

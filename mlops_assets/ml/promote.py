@@ -1,14 +1,27 @@
 """The promotion gate: the champion changes only when the challenger is better, with confidence, everywhere
-that matters. Every refusal names the rule that failed and the numbers."""
+that matters. Every refusal names the rule that failed and the numbers.
+
+Also the two things that make a promotion hold when several runs want to move the alias at once: `run_gate`,
+the one evaluation that both a retrain and a person's approval go through, and `champion_lock`, the mutex
+under which the alias is read, compared with the version the gate judged against, and written.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from mlops_assets.ml.evaluate import Comparison
+from mlops_assets.ml.evaluate import Comparison, compare_models
 
 
 @dataclass(frozen=True)
@@ -92,3 +105,150 @@ def _approval(policy: GatePolicy, status: str, reason: str) -> PromotionDecision
     if policy.require_approval:
         return PromotionDecision(True, "pending_approval", f"{reason}; waiting for a person's approval")
     return PromotionDecision(True, status, reason)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """What the gate saw and what it decided; the challenger's scores are kept for the evaluation's report."""
+
+    comparison: Comparison
+    decision: PromotionDecision
+    challenger_scores: np.ndarray
+
+
+def run_gate(
+    challenger: Any,
+    champion: Any | None,
+    holdout: pd.DataFrame,
+    *,
+    features: Sequence[str],
+    target: str,
+    metric: str,
+    slice_columns: Sequence[str],
+    policy: GatePolicy,
+    champion_is_baseline: bool,
+) -> GateOutcome:
+    """Challenger against champion (None: no champion yet, judged against the hold-out's mean) on the same
+    hold-out rows, then the decision.
+
+    The retrain's evaluation and a person's approval both call this, so an approval is judged by exactly the
+    rule that would have promoted the version had it been trained now: a copy of the rule in the approval
+    path would drift from the gate the first time one of them is tuned."""
+    X, y = holdout[list(features)], holdout[target].to_numpy()
+    from mlops_assets.ml.models import predict_scores  # scikit-learn: loaded by the steps that score, not by Dagster
+
+    challenger_scores = predict_scores(challenger, X)
+    champion_scores = predict_scores(champion, X) if champion is not None else challenger_scores * 0.0 + float(y.mean())
+    comparison = compare_models(
+        y,
+        challenger_scores,
+        champion_scores,
+        metric=metric,
+        slices=holdout[list(slice_columns)] if slice_columns else None,
+        confidence=policy.confidence,
+        min_slice_rows=min(200, policy.min_slice_rows),
+    )
+    decision = decide_promotion(comparison, policy, champion_is_baseline=champion_is_baseline)
+    return GateOutcome(comparison, decision, challenger_scores)
+
+
+class ChampionLockTimeout(TimeoutError):
+    pass
+
+
+# Moving the alias is three registry calls (a read and two writes): milliseconds. Two minutes of waiting
+# means the holder is stuck, and a mover should fail loudly rather than queue behind it for ever.
+LOCK_TIMEOUT_SECONDS = 120.0
+_POLL_SECONDS = 0.05
+
+
+@contextmanager
+def champion_lock(tracking_uri: str, model_name: str, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[str]:
+    """Hold the mutex of one model's champion alias for the length of the block; yields the kind of lock held.
+
+    MLflow has no compare-and-set on aliases, so the read-compare-write of a move is made atomic by a lock
+    that every mover takes, whatever launched it (a Dagster step under its pool, the CLI, a script):
+
+    - `sqlite:///` store (embedded): `fcntl.flock` on a file beside the database. SQLite already requires every
+      writer to be on the same machine, so a file lock covers every possible writer.
+    - `postgresql://` store (production): a session-level `pg_advisory_lock` in that database, on a connection
+      of our own; every worker that can write the store can reach it.
+
+    Both are released by the kernel or the database when the holder dies (kill -9, a lost connection), so a
+    crashed mover can never leave the alias locked. A lease kept in a registry tag would need an expiry and a
+    way to break a stale one, and breaking it safely needs the compare-and-set we do not have; that is why
+    the lock lives in the store's own machinery instead.
+
+    Any other URI (an MLflow tracking server over HTTP) gives no way to reach a lock the server's writers
+    share: the block runs unlocked and yields "none", and the moves are serialized only by the Dagster pool
+    and the run queue's per-dataset limit. The caller records which lock was held.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        with _file_lock(Path(tracking_uri[len("sqlite:///") :]), model_name, timeout):
+            yield "flock"
+    elif re.match(r"^postgres(ql)?(\+\w+)?://", tracking_uri):
+        with _pg_advisory_lock(tracking_uri, model_name, timeout):
+            yield "pg_advisory_lock"
+    else:
+        yield "none"
+
+
+def lock_path(db_path: Path, model_name: str) -> Path:
+    """One lock file per model beside the SQLite database: models of other datasets never wait on each other."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+    return db_path.with_name(f"{db_path.name}.{safe}.champion.lock")
+
+
+@contextmanager
+def _file_lock(db_path: Path, model_name: str, timeout: float) -> Iterator[None]:
+    path = lock_path(db_path, model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Each holder opens its own file description, so threads of one process exclude each other as processes do.
+    with open(path, "a+b") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ChampionLockTimeout(
+                        f"the champion lock of {model_name} ({path}) was held for more than {timeout:.0f} s"
+                    ) from None
+                time.sleep(_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def advisory_key(model_name: str) -> int:
+    """A signed 64-bit key for pg_advisory_lock, stable across processes (Python's hash() is salted)."""
+    digest = hashlib.sha256(f"mlops_assets.champion:{model_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _pg_advisory_lock(uri: str, model_name: str, timeout: float) -> Iterator[None]:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    key = advisory_key(model_name)
+    engine = sa.create_engine(uri, poolclass=NullPool)
+    try:
+        # Autocommit: the lock is the session's, and no transaction stays open while it is held.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            deadline = time.monotonic() + timeout
+            while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                if time.monotonic() > deadline:
+                    raise ChampionLockTimeout(
+                        f"the champion lock of {model_name} (pg advisory key {key}) was held for more than "
+                        f"{timeout:.0f} s"
+                    )
+                time.sleep(_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()

@@ -4,6 +4,11 @@ which rule failed with the numbers."""
 from __future__ import annotations
 
 import importlib.util
+import signal
+import subprocess
+import sys
+import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,14 @@ import pytest
 
 from mlops_assets.ml.evaluate import Comparison, compare_models
 from mlops_assets.ml.models import build_model, fit, predict_scores
-from mlops_assets.ml.promote import GatePolicy, decide_promotion
+from mlops_assets.ml.promote import (
+    ChampionLockTimeout,
+    GatePolicy,
+    advisory_key,
+    champion_lock,
+    decide_promotion,
+    lock_path,
+)
 
 NUM, CAT = ["distance", "hour"], ["carrier", "origin"]
 
@@ -135,3 +147,92 @@ def test_decision_serialises_for_metadata() -> None:
     d = decide_promotion(comparison(0.01, 0.004, 0.016), GatePolicy(), champion_is_baseline=False)
     assert d.to_dict() == {"promote": True, "status": "promoted", "reason": d.reason}
     assert np.isfinite(float(d.reason.split("delta ")[1].split(",")[0]))
+
+
+# The champion lock: what makes the alias's read-compare-write atomic for every mover, whatever launched it.
+
+
+def _contended(uri: str, name: str) -> bool:
+    """Whether another thread finds the lock of `name` taken (it gives up after 0.3 s)."""
+    outcome: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with champion_lock(uri, name, timeout=0.3):
+                outcome.append(False)
+        except ChampionLockTimeout:
+            outcome.append(True)
+
+    t = threading.Thread(target=attempt)
+    t.start()
+    t.join(timeout=30)
+    return outcome == [True]
+
+
+def test_the_sqlite_lock_excludes_other_movers_of_the_same_model_only(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    with champion_lock(uri, "a_model") as kind:
+        assert kind == "flock"
+        assert _contended(uri, "a_model")
+        assert not _contended(uri, "another_model"), "datasets never wait on each other"
+    assert not _contended(uri, "a_model"), "released at the end of the block"
+    assert lock_path(tmp_path / "mlflow" / "mlflow.db", "a/model").name == "mlflow.db.a_model.champion.lock"
+
+
+def test_the_sqlite_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
+    """A mover killed mid-move (kill -9) cannot leave the alias locked: the kernel drops its flock."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from mlops_assets.ml.promote import champion_lock\n"
+            "with champion_lock(sys.argv[1], 'm'):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+            uri,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        assert _contended(uri, "m")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        with champion_lock(uri, "m", timeout=5):
+            pass
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def _postgres() -> str | None:
+    try:
+        import psycopg2
+
+        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=2).close()
+    except Exception:
+        return None
+    return "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def test_the_postgres_lock_is_an_advisory_lock_excluding_other_sessions() -> None:
+    uri = _postgres()
+    if uri is None:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    name = f"lock_test_{uuid.uuid4().hex}"  # never collides with a real model's key on a shared server
+    with champion_lock(uri, name) as kind:
+        assert kind == "pg_advisory_lock"
+        assert _contended(uri, name)
+        assert not _contended(uri, f"{name}_other")
+    assert not _contended(uri, name)
+    assert advisory_key(name) == advisory_key(name) and -(2**63) <= advisory_key(name) < 2**63
+
+
+def test_a_tracking_server_gives_no_store_lock_and_says_so() -> None:
+    with champion_lock("http://127.0.0.1:5000", "m") as kind:
+        assert kind == "none"

@@ -20,7 +20,6 @@ from mlops_assets.defs.resources import (
 )
 from mlops_assets.ml.decay import detect_decay
 from mlops_assets.ml.drift import ReferenceProfile
-from mlops_assets.ml.plots import drift_over_time, metric_over_time
 from mlops_assets.storage.feature_sql import FeatureStoreApi
 from mlops_assets.storage.lake import Lake
 
@@ -140,6 +139,8 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             }
         )
         if report_day(ds, day):
+            from mlops_assets.ml.plots import drift_over_time  # matplotlib: paid by the steps that plot
+
             history = store.read_history("drift_history")
             meta |= publish(
                 lk,
@@ -250,6 +251,8 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             }
         )
         if report_day(ds, day) or result.decay_detected:
+            from mlops_assets.ml.plots import metric_over_time
+
             history = store.read_history("performance_history")
             meta |= publish(
                 lake.lake(),

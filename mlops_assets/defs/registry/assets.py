@@ -17,10 +17,10 @@ from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
     ModelRegistryResource,
+    MoveOutcome,
 )
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
-from mlops_assets.ml.models import build_model, log_model
 from mlops_assets.storage.models import artifact_digest
 
 GROUP = "registry"
@@ -56,7 +56,9 @@ def history_table(history: list[dict[str, Any]]) -> str:
     """The champion's moves, newest first, as the table the UI shows on the champion asset."""
     if not history:
         return "no champion moves yet"
-    return pd.DataFrame(history[::-1]).to_markdown(index=False)
+    frame = pd.DataFrame(history[::-1])
+    core = [c for c in ("version", "previous", "kind", "reason", "actor", "data_day", "at") if c in frame]
+    return frame[[*core, *(c for c in frame.columns if c not in core)]].to_markdown(index=False)
 
 
 def champion_metadata(registry: ModelRegistryResource, model_name: str) -> dict[str, Any]:
@@ -99,10 +101,27 @@ def _baseline_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame([row, row]), y
 
 
-def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
-    pool = names.store_pool(spec.name, settings.feature_store)
+def stale_tags(outcome: MoveOutcome) -> dict[str, str]:
+    """The version a stale gate judged is marked so, with why: `approve` accepts it, and re-runs the gate
+    against the champion of the moment."""
+    return {"mlops.gate": "stale", "mlops.gate_reason": outcome.reason[:500]}
 
-    @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"mlflow"}, deps=["lookup_tables"], pool=pool)
+
+def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
+    # Every step that moves the alias is in the dataset's registry pool (limit 1 by the instance's default), so
+    # two runs' moves queue in Dagster instead of at the store lock that `move_champion` takes anyway.
+    registry_pool = names.pool(spec.name, "registry")
+    # The baseline also reads the embedded feature store, whose pool it must hold instead (a step has one pool);
+    # its move is still serialized by the store lock `move_champion` takes.
+    store_pool = names.store_pool(spec.name, settings.feature_store)
+
+    @dg.asset(
+        key_prefix=[spec.name],
+        group_name=GROUP,
+        kinds={"mlflow"},
+        deps=["lookup_tables"],
+        pool=store_pool or registry_pool,
+    )
     def baseline_model(
         context: dg.AssetExecutionContext,
         feature_store: FeatureStoreResource,
@@ -125,6 +144,8 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         else:
             X, y = _baseline_frame(ds)
             fitted_on = "no labels yet (uninformative prior)"
+        from mlops_assets.ml.models import build_model, log_model  # scikit-learn, paid by this step only
+
         model = build_model(
             "baseline",
             {},
@@ -158,15 +179,27 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "mlops.gate": "first_model",
             },
         )
-        registry.move_champion(
+        outcome = registry.move_champion(
             ds.model_name,
             str(mv.version),
             reason=f"baseline until a trained model ({fitted_on})",
             actor="baseline_model",
             kind="baseline",
+            expected_previous=None,  # a baseline never replaces a champion that appeared meanwhile
         )
-        context.log.info(f"registered baseline v{mv.version} as champion ({fitted_on})")
-        return dg.MaterializeResult(metadata={"registered": True, "version": str(mv.version), "fitted_on": fitted_on})
+        if not outcome.moved:
+            context.log.warning(f"baseline v{mv.version} registered but not champion: {outcome.reason}")
+        else:
+            context.log.info(f"registered baseline v{mv.version} as champion ({fitted_on})")
+        return dg.MaterializeResult(
+            metadata={
+                "registered": True,
+                "version": str(mv.version),
+                "fitted_on": fitted_on,
+                "champion": outcome.moved,
+                **({"reason": outcome.reason} if not outcome.moved else {}),
+            }
+        )
 
     @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"mlflow"})
     def registered_model_version(
@@ -219,6 +252,9 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "mlops.reference_profile_sha256": prof_sha,
             "mlops.gate": decision["status"],
             "mlops.gate_reason": decision["reason"][:500],
+            # The champion the gate compared against ("none": no champion yet): the alias moves to this
+            # version only if it still names that one.
+            "mlops.compared_with": str(evaluation_report["champion_version"] or "none"),
             "mlops.cpu_seconds": f"{candidate_models['cpu_seconds']:.2f}",
         }
         mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
@@ -228,6 +264,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "version": str(mv.version),
                 "gate": decision,
                 "holdout_metric": evaluation_report["challenger_holdout"],
+                "compared_with": evaluation_report["champion_version"],
             },
             metadata={
                 "version": str(mv.version),
@@ -244,12 +281,22 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         group_name=GROUP,
         kinds={"mlflow"},
         deps=["baseline_model"],
+        pool=registry_pool,
         check_specs=[
             dg.AssetCheckSpec(
                 "champion_loads",
                 asset=names.asset_key(spec.name, "champion"),
                 description="The alias resolves and its artifact matches its checksum.",
-            )
+            ),
+            dg.AssetCheckSpec(
+                "gate_applied",
+                asset=names.asset_key(spec.name, "champion"),
+                description=(
+                    "The gate's decision (promoted, rejected, pending approval) was applied to the champion it "
+                    "compared against. Warns when the champion moved since the evaluation and the promotion "
+                    "was refused as stale."
+                ),
+            ),
         ],
     )
     def champion(
@@ -258,12 +305,22 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         registry: ModelRegistryResource,
     ) -> dg.MaterializeResult:
         """The production model: the alias moves to the new version only when the gate promoted it (or a
-        person approved it); every move is recorded so that a rollback knows where to go back to."""
+        person approved it), and only if it still names the champion the gate compared against; every move is
+        recorded so that a rollback knows where to go back to.
+
+        A promotion refused as stale (another run moved the alias after this run's evaluation) still
+        materializes, with `decision: stale`, `moved: False`, the reason, and a failing `gate_applied` check
+        at warning severity; the run does not fail. Failing it would be wrong three ways: nothing broke (two
+        retrains racing is normal, and the refusal is the system working); a retry would re-run this step on
+        the same stale evaluation and be refused again; and the asset's page would lose the materialization
+        that shows which champion is in production. The version is tagged `stale` so a person can approve it,
+        which re-runs the gate against the champion of that moment."""
         ds = spec
         gate = registered_model_version["gate"]
         version = registered_model_version["version"]
         before = registry.champion_info(ds.model_name)
-        moved = False
+        moved, decision, reason, lock = False, str(gate["status"]), str(gate["reason"]), ""
+        compared_with = registered_model_version.get("compared_with", "unknown")
         if gate["promote"] and gate["status"] != "pending_approval":
             # Verify before the move, not after: a candidate whose artifact no longer matches its checksum
             # fails this step and the alias stays where it was.
@@ -277,16 +334,23 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                     f"{ds.model_name} v{version} does not load: {exc}; the champion stays "
                     f"v{before.version if before else '-'}"
                 ) from exc
-            registry.move_champion(
+            outcome = registry.move_champion(
                 ds.model_name,
                 version,
                 reason=gate["reason"],
                 actor=f"dagster run {context.run_id[:8]}",
                 data_day=context.run.tags.get("mlops/as_of"),
                 kind="promote",
+                expected_previous=compared_with,
             )
-            moved = True
-            context.log.info(f"champion moved to v{version}: {gate['reason']}")
+            moved, lock = outcome.moved, outcome.lock
+            if moved:
+                context.log.info(f"champion moved to v{version}: {gate['reason']}")
+            else:
+                decision, reason = "stale", outcome.reason
+                for key, value in stale_tags(outcome).items():
+                    registry.client.set_model_version_tag(ds.model_name, version, key, value)
+                context.log.warning(f"champion not moved: {reason}")
         else:
             context.log.info(f"champion stays v{before.version if before else '-'}: {gate['status']}: {gate['reason']}")
         now = registry.champion_info(ds.model_name)
@@ -302,10 +366,19 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "moved": moved,
                 "candidate_version": version,
                 "gate": gate["status"],
-                "reason": gate["reason"],
+                "decision": decision,
+                "reason": reason,
+                "compared_with": str(compared_with or "none"),
+                "registry_lock": lock or "not needed",
             },
             check_results=[
-                dg.AssetCheckResult(check_name="champion_loads", passed=passed, metadata={"detail": problem})
+                dg.AssetCheckResult(check_name="champion_loads", passed=passed, metadata={"detail": problem}),
+                dg.AssetCheckResult(
+                    check_name="gate_applied",
+                    passed=decision != "stale",
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"decision": decision, "candidate_version": version, "reason": reason},
+                ),
             ],
         )
 

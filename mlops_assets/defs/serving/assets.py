@@ -9,7 +9,6 @@ from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
 from mlops_assets.defs.partitions import daily_partitions, partition_day
 from mlops_assets.defs.resources import FeatureStoreResource, ModelRegistryResource
-from mlops_assets.ml.models import predict_scores
 
 GROUP = "serving"
 
@@ -41,6 +40,8 @@ def build_serving(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             raise dg.Failure(f"no champion for {ds.model_name}: materialize baseline_model first")
         feats = store.features_for_day(day)
         model = registry.load_champion(champion)
+        from mlops_assets.ml.models import predict_scores  # scikit-learn: paid by the scoring step, not at load
+
         scores = predict_scores(model, feats[ds.feature_names]) if len(feats) else np.array([])
         preds = pd.DataFrame(
             {

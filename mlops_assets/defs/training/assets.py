@@ -9,6 +9,7 @@ import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
+from mlops_assets.defs.registry.gate import judge
 from mlops_assets.defs.reports import publish
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
@@ -16,10 +17,6 @@ from mlops_assets.defs.resources import (
     MlflowTrackingResource,
     ModelRegistryResource,
 )
-from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
-from mlops_assets.ml.evaluate import compare_models, performance_html
-from mlops_assets.ml.models import log_model, predict_scores
-from mlops_assets.ml.promote import GatePolicy, decide_promotion
 from mlops_assets.storage.models import artifact_digest, load_verified
 
 GROUP = "training"
@@ -135,6 +132,11 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         parts = split_days(frame, ds)
+        # scikit-learn and the sweep are imported by the step that trains, not by every process that loads the
+        # definitions (a code server of ten datasets loads in half the time without them)
+        from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
+        from mlops_assets.ml.models import log_model
+
         space = SearchSpace.from_dict(ds.search)
         mlflow_lib.log_params(
             {
@@ -248,28 +250,16 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         holdout = split_days(frame, ds)["holdout"].reset_index(drop=True)
-        X, y = holdout[ds.feature_names], holdout[ds.target.name].to_numpy()
+        from mlops_assets.ml.evaluate import performance_html
+
         challenger = load_verified(
             candidate_models["model_uri"], candidate_models["model_sha256"], registry.tracking_uri
         ).model
         champion = registry.champion_info(ds.model_name)
-        challenger_scores = predict_scores(challenger, X)
-        if champion is not None:
-            champion_scores = predict_scores(registry.load_champion(champion), X)
-        else:
-            champion_scores = predict_scores(challenger, X) * 0.0 + float(y.mean())
-        slices = holdout[ds.training.slices] if ds.training.slices else None
-        comparison = compare_models(
-            y,
-            challenger_scores,
-            champion_scores,
-            metric=ds.metric,
-            slices=slices,
-            confidence=ds.gate.confidence,
-            min_slice_rows=min(200, ds.gate.min_slice_rows),
-        )
-        is_baseline = champion is None or champion.is_baseline
-        decision = decide_promotion(comparison, GatePolicy(**ds.gate.model_dump()), champion_is_baseline=is_baseline)
+        # The same gate an approval re-runs (registry/gate.py); the champion compared with here is recorded so
+        # that the alias moves only if it still names this version (compare-and-set in the champion asset).
+        outcome = judge(ds, holdout, challenger, champion, registry)
+        comparison, decision, challenger_scores = outcome.comparison, outcome.decision, outcome.challenger_scores
         context.log.info(f"gate: {decision.status}: {decision.reason}")
         report = publish(
             lake.lake(),

@@ -19,8 +19,10 @@ import mlflow
 import pytest
 
 from mlops_assets.cli import main as cli_main
-from mlops_assets.config import Settings
+from mlops_assets.config import Settings, load_spec
 from mlops_assets.defs.monitoring.sensors import training_run_config
+from mlops_assets.defs.registry.actions import RegistryActionError
+from mlops_assets.defs.registry.jobs import run_registry_action
 from mlops_assets.defs.resources import ModelRegistryResource
 from mlops_assets.replay import QUIET
 from mlops_assets_tests.conftest import akey, job
@@ -154,3 +156,68 @@ def test_a_second_rollback_does_not_undo_the_first(world: World, capsys: pytest.
     assert champion_version(world) == world.baseline
     assert json.dumps(world.registry.history(MODEL)) == history
     assert last_run(job("rollback_job")).status == dg.DagsterRunStatus.FAILURE, "the refusal is visible in the UI"
+
+
+# The approval re-runs the gate against the champion of the moment. The champion is the baseline again here
+# (the rollbacks above); versions are added as a retrain would leave them: copies of the trained challenger
+# and of the baseline, waiting for a person.
+
+
+def copy_version(world: World, of: str, gate: str) -> str:
+    src = world.registry.client.get_model_version(MODEL, of)
+    tags = {**src.tags, "mlops.gate": gate}
+    mv = world.registry.client.create_model_version(MODEL, source=src.source, run_id=src.run_id, tags=tags)
+    return str(mv.version)
+
+
+def test_approve_re_runs_the_gate_against_the_current_champion(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version left `stale` (another run moved the alias after its evaluation) is approvable: the gate is
+    run again, now against the baseline, and passes; the move says against which champion it was judged."""
+    assert champion_version(world) == world.baseline
+    again = copy_version(world, world.challenger, "stale")
+    assert cli_main(["approve", again, "--actor", "carol"]) == 0
+    assert f"champion is now v{again} (approved by carol)" in capsys.readouterr().out
+    move = world.registry.history(MODEL)[-1]
+    assert (move["version"], move["previous"], move["compared_with"]) == (again, world.baseline, world.baseline)
+    assert move["gate_rerun"] == "passed" and f"gate re-run against v{world.baseline}" in move["reason"]
+    assert "better" in move["reason"] or "beats the baseline" in move["reason"], "the gate's numbers are kept"
+    assert last_run(job("approve_job")).tags["mlops/dataset"] == load_spec(world.settings.spec_path).name
+
+
+def test_approving_a_worse_version_is_refused_by_the_re_run_gate(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version that waited for approval while a better champion took over (here: the baseline model,
+    registered again) is judged against that champion and refused; nothing moves."""
+    champion = champion_version(world)
+    worse = copy_version(world, world.baseline, "pending_approval")
+    history = world.registry.history(MODEL)
+    assert cli_main(["approve", worse, "--actor", "carol"]) == 1
+    err = capsys.readouterr().err
+    assert f"v{worse} no longer passes the gate against the champion (v{champion})" in err
+    assert "not better than the champion" in err and "force" in err
+    assert champion_version(world) == champion and world.registry.history(MODEL) == history
+    assert last_run(job("approve_job")).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_approve_with_force_skips_the_gate_and_records_the_reason(world: World) -> None:
+    champion = champion_version(world)
+    worse = max((str(v.version) for v in world.registry.client.search_model_versions(f"name='{MODEL}'")), key=int)
+    with pytest.raises(RegistryActionError, match="needs a reason"):
+        run_registry_action(world.settings, "approve_job", {"version": worse, "actor": "dave", "force": True})
+    assert champion_version(world) == champion
+    reason = "the hold-out week was a holiday; the baseline is safer until the new labels arrive"
+    message = run_registry_action(
+        world.settings,
+        "approve_job",
+        {"version": worse, "actor": "dave", "force": True, "force_reason": reason},
+    )
+    assert f"champion is now v{worse} (approved by dave, forced: {reason})" in message
+    move = world.registry.history(MODEL)[-1]
+    assert (move["version"], move["previous"], move["kind"], move["actor"]) == (worse, champion, "approve", "dave")
+    assert move["forced"] is True and move["force_reason"] == reason and reason in move["reason"]
+    assert "without re-running the gate" in move["reason"]
+    md = champion_event_metadata()
+    assert md["champion_version"] == worse and reason in md["last_move_reason"]

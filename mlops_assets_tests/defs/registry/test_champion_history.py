@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, CHAMPION_MOVE_PREFIX, ModelRegistryResource
+from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
 
 MODEL = "history_model"
 
@@ -41,25 +42,26 @@ def test_moves_are_recorded_in_order_with_where_the_alias_was(registry: ModelReg
     assert registry.champion_info(MODEL).version == "1"  # type: ignore[union-attr]
 
 
-def test_two_moves_at_the_same_moment_are_both_kept(
+def test_two_moves_at_the_same_moment_are_both_kept_one_after_the_other(
     registry: ModelRegistryResource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both movers read where the alias was, then write at once (a barrier holds each at its write). A
-    history rewritten as one list would keep only the last writer's entry."""
+    """Two movers start together and each write is slowed down, so without the champion lock the second
+    would read the alias while the first is between its writes. With it, both moves are kept and the second
+    one's `previous` is the first one's version: a chain, nothing lost."""
     registry.move_champion(MODEL, "1", reason="first model", actor="sensor", kind="baseline")
     barrier = threading.Barrier(2, timeout=30)
-    real = MlflowClient.set_registered_model_tag
+    real = MlflowClient.set_registered_model_alias
 
-    def together(self: MlflowClient, name: str, key: str, value: Any) -> None:
-        if key.startswith(CHAMPION_MOVE_PREFIX):
-            barrier.wait()
-        real(self, name, key, value)
+    def slow(self: MlflowClient, name: str, alias: str, version: Any) -> None:
+        time.sleep(0.3)
+        real(self, name, alias, version)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", together)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", slow)
     errors: list[BaseException] = []
 
     def move(version: str, actor: str) -> None:
         try:
+            barrier.wait()
             registry.move_champion(MODEL, version, reason="approved", actor=actor, kind="approve")
         except BaseException as exc:  # surfaced below: a thread's exception would otherwise vanish
             errors.append(exc)
@@ -73,6 +75,8 @@ def test_two_moves_at_the_same_moment_are_both_kept(
     history = registry.history(MODEL)
     assert len(history) == 3
     assert {(h["version"], h["actor"]) for h in history[1:]} == {("2", "alice"), ("3", "bob")}
+    assert [h["previous"] for h in history] == [None, "1", history[1]["version"]]
+    assert registry.champion_info(MODEL).version == history[2]["version"]  # type: ignore[union-attr]
 
 
 def test_a_history_kept_by_an_earlier_version_comes_first(registry: ModelRegistryResource) -> None:

@@ -1,0 +1,147 @@
+"""The live path, driven by the daemon and nothing else: `dagster dev` on the embedded profile (queued runs, two
+at a time, the feature-store pool), days of real flights dropped into a folder source, a backfill of their
+daily partitions launched as the UI launches it. The daemon's own retrain sensor must then launch the retrain,
+the champion must move off the baseline, and the online API must answer with the new version, with no run
+failing on the way. The replay tests evaluate the sensor in-process; only this one proves the deployment a
+user starts does it by itself.
+
+It also measures what the issue asks of the live path: from the report materialization that fired the sensor
+to the first API answer naming the new champion (goal: under 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops_assets.config import Settings, load_spec
+from mlops_assets.defs.monitoring.sensors import TAG_TRIGGER
+from mlops_assets.defs.resources import ModelRegistryResource
+from mlops_assets_tests.conftest import akey, job
+from mlops_assets_tests.live import (
+    DONE,
+    Live,
+    api_server,
+    dagster_dev,
+    drop_days,
+    example_row,
+    folder_spec,
+    materialization_times,
+    poll,
+)
+
+pytestmark = pytest.mark.e2e
+
+DAYS = [dt.date(2013, 1, 1) + dt.timedelta(days=i) for i in range(7)]
+HOLDOUT_DAYS = VALIDATION_DAYS = 1  # the gate and the sweep each on one day: the first model comes early
+SENSOR = job("retrain_sensor")
+GOAL_SECONDS = 120.0
+
+
+def bootstrap_rows(labelled: dict[dt.date, int]) -> int:
+    """The labelled rows that ask for the first model, sized so that the sensor fires in the middle of the
+    backfill and the training set then has enough whole days, whatever order the days' runs finish in.
+
+    The sensor counts every label materialized so far while the retrain trains on the labels arrived by the
+    newest report day it saw; with two runs in flight, up to two days' labels can be counted but not yet
+    reported, so the threshold is one row more than the largest `hold-out + validation + 2` days: any set of
+    days reaching it holds at least `hold-out + validation + 1` days after dropping two."""
+    arrived = sorted((labelled[d] for d in DAYS[:-1]), reverse=True)  # the last day's labels arrive after it
+    return sum(arrived[: HOLDOUT_DAYS + VALIDATION_DAYS + 2]) + 1
+
+
+def firing_report(live: Live, run_id: str) -> tuple[str, str | None, float]:
+    """(asset, partition, timestamp) of the newest report the firing tick had read: its cursor holds the
+    storage ids of the last drift and performance reports it counted."""
+    tick = next(t for t in live.sensor_ticks(SENSOR) if run_id in t["runIds"])
+    seen = json.loads(tick["cursor"])
+    newest: tuple[str, str | None, float] | None = None
+    for asset, kind in (("drift_report", "drift"), ("performance_report", "decay")):
+        mats = materialization_times(live.instance, akey(asset))
+        hit = mats[mats["storage_id"] == seen.get(kind)]
+        if len(hit) and (newest is None or hit["timestamp"].iloc[0] > newest[2]):
+            newest = (asset, hit["partition"].iloc[0], float(hit["timestamp"].iloc[0]))
+    assert newest is not None, f"the firing tick's cursor names no report: {tick}"
+    return newest
+
+
+def test_the_daemon_retrains_and_the_api_serves_the_new_champion(tmp_path: Path) -> None:
+    t_start = time.monotonic()
+    labelled = drop_days(tmp_path / "drops", DAYS)
+    spec_path = folder_spec(
+        tmp_path,
+        tmp_path / "drops",
+        policy={"bootstrap_min_rows": bootstrap_rows(labelled)},
+        training={"holdout_days": HOLDOUT_DAYS, "validation_days": VALIDATION_DAYS},
+    )
+    spec = load_spec(spec_path)
+    data_dir = tmp_path / "data"
+    with dagster_dev(data_dir, spec_path, cwd=tmp_path) as live:
+        settings = Settings.from_env(live.env)
+        registry = ModelRegistryResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        )
+        boot = live.submit_job(job("bootstrap_job"))
+        with api_server(live.env, tmp_path) as api:  # starts while the baseline is made: it waits for a model
+            live.wait_run(boot, timeout=180)
+            baseline = registry.champion_info(spec.model_name)
+            assert baseline is not None and baseline.is_baseline
+            row = example_row(spec)
+            backfill = live.launch_backfill(job("daily_job"), [d.isoformat() for d in DAYS], submit_now=True)
+            api.wait_ready(timeout=120)
+            served: list[str] = []  # the versions the API answered with, in order
+
+            def serves_new() -> tuple[dict[str, Any], float] | None:
+                got = api.predict(row)
+                if live.failed_runs():
+                    raise AssertionError(f"a run failed\n{live.dump()}")
+                if got is None:
+                    return None
+                if not served or served[-1] != got["model_version"]:
+                    served.append(got["model_version"])
+                return (got, time.time()) if got["model_version"] != baseline.version else None
+
+            answer, served_at = poll(
+                serves_new, 420, "the API to serve a new champion", every=0.25, dump=lambda: api.dump() + live.dump()
+            )
+
+        def all_done() -> bool:
+            runs = live.runs()
+            return live.backfill_finished(backfill) and all(r.status in DONE for r in runs)
+
+        poll(all_done, 240, "the backfill and every run to finish", every=1.0, dump=live.dump)
+        runs = live.runs()
+        failed = live.failed_runs()
+        assert not failed, live.dump()
+
+        daily = [r for r in runs if r.job_name == job("daily_job")]
+        assert sorted(r.tags["dagster/partition"] for r in daily) == [d.isoformat() for d in DAYS]
+        assert all(r.tags.get("dagster/backfill") == backfill for r in daily)
+        retrains = [r for r in runs if r.job_name == job("retrain_job")]
+        assert retrains, "the daemon's sensor launched no retrain"
+        first_retrain = min(retrains, key=lambda r: live.instance.get_run_record_by_id(r.run_id).create_timestamp)
+        assert first_retrain.tags["dagster/sensor_name"] == SENSOR
+        assert first_retrain.tags[TAG_TRIGGER] == "bootstrap"
+
+        champion = registry.champion_info(spec.model_name)
+        assert champion is not None and not champion.is_baseline
+        assert answer["model_version"] == champion.version and served[-1] == champion.version
+        moves = registry.history(spec.model_name)
+        assert [m["kind"] for m in moves][:2] == ["baseline", "promote"], moves
+        assert moves[0]["version"] == baseline.version and moves[-1]["version"] == champion.version
+
+        asset, partition, fired_at = firing_report(live, first_retrain.run_id)
+        latency = served_at - fired_at
+        wall = time.monotonic() - t_start
+        print(
+            f"\nlive: {len(daily)} daily runs, {len(retrains)} retrain(s) by the sensor, 0 failed; "
+            f"{asset} {partition} fired the sensor; champion v{baseline.version} -> v{champion.version} "
+            f"(hold-out {spec.metric} {champion.holdout_metric}); served {latency:.1f}s after the report "
+            f"(goal {GOAL_SECONDS:.0f}s); the API answered with versions {served}; test wall {wall:.0f}s"
+        )
+        assert 0 < latency < GOAL_SECONDS, f"from report to serving took {latency:.1f}s"
