@@ -54,7 +54,7 @@ def fast_specs(folder: Path) -> list[Path]:
     flights = yaml.safe_load(DEFAULT_SPEC.read_text())
     flights["search"].update({"trials": 3, "seconds": 60, "windows": [None], "recency_half_lives": [None]})
     flights["search"]["families"] = {"baseline": {}, "logistic": {"C": [0.1, 1.0]}}
-    flights["policy"].update({"bootstrap_min_rows": 4000, "cooldown_days": 4, "min_new_labelled_rows": 1000})
+    flights["policy"].update({"bootstrap_min_rows": 6000, "cooldown_days": 4, "min_new_labelled_rows": 1000})
     flights["monitoring"]["evidently_every_days"] = 0
     flights["training"].update({"holdout_days": 2, "validation_days": 2})
     chicago = yaml.safe_load((SPECS_DIR / "chicago_ridership.yaml").read_text())
@@ -132,6 +132,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.spec, args.days, args.out)
+
+    import socket
+
+    for what, port in (("PostgreSQL", 5432), ("Redis", 6379)):
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                print(f"skipped: the production profile needs {what} on 127.0.0.1:{port}")
+                return 0
 
     import redis
     from mlflow import MlflowClient
