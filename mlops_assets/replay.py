@@ -33,6 +33,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 SENSOR_TAG = "dagster/sensor_name"
 
+# How a replay executes one run: (instance, job name, run config, tags, partition key) -> (run id, success). In process
+# by default (the embedded profile); a production replay passes `execute_on_workers`, so the same loop (days,
+# the sensor with its cursor, the retrains it asks for) runs on the deployment's executor and stores.
+Execute = Callable[[dg.DagsterInstance, str, dict[str, Any], dict[str, str], str | None], tuple[str, bool]]
+
 
 @dataclass
 class DayRecord:
@@ -152,6 +157,7 @@ def replay(
     end: dt.date | None = None,
     fresh: bool = True,
     on_day: Callable[[DayRecord], None] | None = None,
+    execute: Execute | None = None,
 ) -> ReplayResult:
     import mlflow
 
@@ -166,21 +172,31 @@ def replay(
     sensor_name = names.job_name(spec.name, SENSOR_NAME)
     sensor = defs.resolve_sensor_def(sensor_name)
     days_range = [d for d in _days(start or spec.replay.start, end or spec.replay.end)]
+
+    def in_process(
+        instance: dg.DagsterInstance, job_name: str, run_config: dict[str, Any], tags: dict[str, str], pk: str | None
+    ) -> tuple[str, bool]:
+        res = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, run_config=run_config, tags=tags, partition_key=pk, raise_on_error=False
+        )
+        return res.run_id, res.success
+
+    run = execute or in_process
     records: list[DayRecord] = []
     retrains: list[dict[str, Any]] = []
     launched: set[str] = set()
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        defs.resolve_job_def(names.job_name(spec.name, "bootstrap_job")).execute_in_process(
-            instance=instance, run_config=QUIET
-        )
+        _, booted = run(instance, names.job_name(spec.name, "bootstrap_job"), QUIET, {}, None)
+        if not booted:
+            raise RuntimeError(f"{spec.name}: the bootstrap run failed; see its run in the instance")
         cursor = None
         for day in days_range:
             pk = day.isoformat()
             t = time.perf_counter()
-            res = daily.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False, run_config=QUIET)
+            run_id, ok = run(instance, daily.name, QUIET, {}, pk)
             wall = time.perf_counter() - t
-            steps = _step_seconds(instance, res.run_id)
+            steps = _step_seconds(instance, run_id)
             raw_md = _latest_metadata(instance, names.asset_key(spec.name, "raw_batches"), pk)
             drift_md = _latest_metadata(instance, names.asset_key(spec.name, "drift_report"), pk)
             perf_md = _latest_metadata(instance, names.asset_key(spec.name, "performance_report"), pk)
@@ -195,14 +211,14 @@ def replay(
                 decision = rr.tags.get(TAG_REASON, "retrain")
                 if rr.run_key not in launched:
                     launched.add(rr.run_key or "")
-                    retrain_info = _run_retrain(instance, retrain, rr, day, spec.name, sensor_name)
+                    retrain_info = _run_retrain(instance, run, retrain.name, rr, day, spec.name, sensor_name)
                     retrains.append(retrain_info)
                     mlflow.end_run()  # dagster-mlflow leaves the run active in this process on a skipped step
             else:
                 decision = (result.skip_reason.skip_message if result.skip_reason else None) or "skip"
             rec = DayRecord(
                 day=day,
-                ok=res.success,
+                ok=ok,
                 wall_seconds=wall,
                 step_seconds=steps,
                 drift_share=drift_md.get("drift_share") if drift_md.get("tested") else None,
@@ -221,21 +237,25 @@ def replay(
 
 
 def _run_retrain(
-    instance: dg.DagsterInstance, job: Any, rr: dg.RunRequest, day: dt.date, dataset: str, sensor_name: str
+    instance: dg.DagsterInstance,
+    run: Execute,
+    job_name: str,
+    rr: dg.RunRequest,
+    day: dt.date,
+    dataset: str,
+    sensor_name: str,
 ) -> dict[str, Any]:
     tags = {**rr.tags, SENSOR_TAG: sensor_name, RUN_KEY_TAG: rr.run_key or ""}
     t = time.perf_counter()
-    res = job.execute_in_process(
-        instance=instance, run_config={**rr.run_config, **QUIET}, tags=tags, raise_on_error=False
-    )
+    run_id, success = run(instance, job_name, {**rr.run_config, **QUIET}, tags, None)
     wall = time.perf_counter() - t
-    cand = _run_metadata(instance, res.run_id, names.asset_key(dataset, "candidate_models"))
-    ev = _run_metadata(instance, res.run_id, names.asset_key(dataset, "evaluation_report"))
-    champ = _run_metadata(instance, res.run_id, names.asset_key(dataset, "champion"))
+    cand = _run_metadata(instance, run_id, names.asset_key(dataset, "candidate_models"))
+    ev = _run_metadata(instance, run_id, names.asset_key(dataset, "evaluation_report"))
+    champ = _run_metadata(instance, run_id, names.asset_key(dataset, "champion"))
     return {
         "day": day,
-        "run_id": res.run_id,
-        "success": res.success,
+        "run_id": run_id,
+        "success": success,
         "trigger": rr.tags.get(TAG_TRIGGER),
         "reason": rr.tags.get(TAG_REASON),
         "wall_seconds": wall,
@@ -253,3 +273,27 @@ def _run_retrain(
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def execute_on_workers(code_location: str = "mlops_assets.definitions") -> Execute:
+    """Runs executed as `dagster job execute -m CODE_LOCATION` executes them: the job reconstructed from the code
+    location, so that the deployment's executor (Celery in production) can send its steps to workers."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repo = ReconstructableRepository.for_module(code_location, "defs", working_directory=os.getcwd())
+
+    def execute(
+        instance: dg.DagsterInstance, job_name: str, run_config: dict[str, Any], tags: dict[str, str], pk: str | None
+    ) -> tuple[str, bool]:
+        if pk is not None:
+            tags = {**tags, "dagster/partition": pk}
+        res = dg.execute_job(
+            repo.get_reconstructable_job(job_name),
+            instance=instance,
+            run_config=run_config,
+            tags=tags,
+            raise_on_error=False,
+        )
+        return res.run_id, res.success
+
+    return execute

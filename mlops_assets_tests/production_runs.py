@@ -2,7 +2,7 @@
 day, then a retrain as of the newest labelled day.
 
 Each run goes through `dagster.execute_job` on the job reconstructed from the code location
-(`mlops_assets.definitions`), which is what `dagster job execute -m mlops_assets.definitions -j ...` calls:
+(`replay.execute_on_workers`), which is what `dagster job execute -m mlops_assets.definitions -j ...` calls:
 the steps are sent to the Celery workers, the events land in the instance's PostgreSQL. One interpreter per
 dataset instead of one `dagster` command per run because loading the code costs 10 s of CPU a time, and the
 production-profile test shares two cores with four worker processes.
@@ -17,23 +17,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from mlops_assets.defs import names
 from mlops_assets.defs.monitoring.sensors import TAG_DATASET, training_run_config
-
-CODE_LOCATION = "mlops_assets.definitions"
+from mlops_assets.replay import Execute, execute_on_workers
 
 
 def run_job(
     instance: dg.DagsterInstance,
-    repo: ReconstructableRepository,
+    execute: Execute,
     dataset: str,
     base: str,
     *,
@@ -43,23 +40,14 @@ def run_job(
     """Execute one of the dataset's jobs to the end and say how it went (a failed run is reported, not raised:
     the caller lists every run)."""
     job_name = names.job_name(dataset, base)
-    tags = {TAG_DATASET: dataset}
-    if partition is not None:
-        tags["dagster/partition"] = partition
     start = time.monotonic()
-    result = dg.execute_job(
-        repo.get_reconstructable_job(job_name),
-        instance=instance,
-        run_config=run_config or {},
-        tags=tags,
-        raise_on_error=False,
-    )
+    run_id, success = execute(instance, job_name, run_config or {}, {TAG_DATASET: dataset}, partition)
     return {
         "dataset": dataset,
         "job": job_name,
         "partition": partition,
-        "run_id": result.run_id,
-        "success": result.success,
+        "run_id": run_id,
+        "success": success,
         "seconds": round(time.monotonic() - start, 1),
     }
 
@@ -70,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", required=True, help="comma-separated ISO days of the daily job, run in order")
     parser.add_argument("--retrain-as-of", default="", help="ISO day: a retrain as of it after the days")
     args = parser.parse_args(argv)
-    repo = ReconstructableRepository.for_module(CODE_LOCATION, "defs", working_directory=os.getcwd())
+    execute = execute_on_workers()
     runs: list[dict[str, Any]] = []
     with dg.DagsterInstance.get() as instance:
 
@@ -79,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(outcome), flush=True)
             return bool(outcome["success"])
 
-        ok = record(run_job(instance, repo, args.dataset, "bootstrap_job"))
+        ok = record(run_job(instance, execute, args.dataset, "bootstrap_job"))
         for day in (d for d in args.days.split(",") if d):
-            ok = ok and record(run_job(instance, repo, args.dataset, "daily_job", partition=day))
+            ok = ok and record(run_job(instance, execute, args.dataset, "daily_job", partition=day))
         if ok and args.retrain_as_of:
             as_of = dt.date.fromisoformat(args.retrain_as_of)
             config = training_run_config(args.dataset, as_of, "manual")
-            ok = record(run_job(instance, repo, args.dataset, "retrain_job", run_config=config))
+            ok = record(run_job(instance, execute, args.dataset, "retrain_job", run_config=config))
     return 0 if ok else 1
 
 

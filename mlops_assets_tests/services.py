@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
 # SeaweedFS takes these from its environment as its one identity: a client must sign with them.
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 WEED_PORTS = ("s3", "master", "volume", "filer")
@@ -123,9 +125,13 @@ def seaweed_s3(folder: Path, bucket: str = "lake", keys: dict[str, str] | None =
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the process group, SIGKILL after 2 s: weed's graceful stop takes half a minute, and its data
-    folder is thrown away anyway."""
-    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
+    """weed's graceful stop takes half a minute, and its data folder is thrown away anyway: 2 s, then killed."""
+    stop_group(proc, 2.0)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
+    """SIGTERM to the process's group (it was started in a session of its own), SIGKILL after `grace` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -135,3 +141,82 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+@contextmanager
+def postgres_databases(*prefixes: str) -> Iterator[list[str]]:
+    """Fresh databases on the PostgreSQL of 127.0.0.1:5432 (user postgres, trust auth), one per prefix with a
+    random suffix, dropped afterwards (even with connections still open)."""
+    import uuid
+
+    import psycopg2
+
+    names = [f"{p}_{uuid.uuid4().hex[:8]}" for p in prefixes]
+    con = psycopg2.connect(dbname="postgres", **PG)
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            for n in names:
+                cur.execute(f"CREATE DATABASE {n}")
+        yield names
+    finally:
+        with con.cursor() as cur:
+            for n in names:
+                cur.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+        con.close()
+
+
+def production_env(
+    *,
+    home: Path,
+    data_dir: Path,
+    specs: list[Path],
+    dagster_db: str,
+    mlflow_db: str,
+    s3_url: str,
+    bucket: str,
+    redis_url: str,
+) -> dict[str, str]:
+    """The production profile's environment variables (README, "Production profile") for one deployment on
+    this machine: Dagster and MLflow on PostgreSQL, the lake (with the Parquet feature store) and MLflow's
+    artifacts on S3, Celery and the online rows on Redis."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        **S3_KEYS,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": PG["host"],
+        "DAGSTER_PG_USER": PG["user"],
+        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+        "DAGSTER_PG_DB": dagster_db,
+        "MLOPS_PROFILE": "production",
+        "MLOPS_SPECS": ",".join(str(p) for p in specs),
+        "MLOPS_DATA_DIR": str(data_dir),
+        "MLOPS_LAKE_URI": f"s3://{bucket}/lake",
+        "MLOPS_S3_ENDPOINT_URL": s3_url,
+        "MLFLOW_S3_ENDPOINT_URL": s3_url,
+        "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{mlflow_db}",
+        "MLOPS_MLFLOW_ARTIFACT_ROOT": f"s3://{bucket}/mlflow",
+        "MLOPS_CELERY_BROKER": redis_url,
+        "MLOPS_CELERY_BACKEND": redis_url,
+        "MLOPS_ONLINE_REDIS_URL": redis_url,
+        # `dagster-celery worker start` runs `celery` from PATH
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    for var in ("MLOPS_SPEC", "MLOPS_FEATURE_STORE", "MLOPS_EXECUTOR"):  # the production defaults apply
+        env.pop(var, None)
+    return env
+
+
+def celery_worker(name: str, env: dict[str, str], log: Path, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    """A Celery worker as a deployment starts one (README), `concurrency` steps at a time (prefork pool), in a
+    session of its own: the CLI starts `celery` as a child, so stop it with `stop_group`."""
+    from mlops_assets.config import PROJECT_ROOT
+
+    bin_dir = Path(sys.executable).parent
+    args = [str(bin_dir / "dagster-celery"), "worker", "start", "-A", "mlops_assets.celery_app"]
+    args += ["-y", "deploy/celery.yaml", "-n", name, "-l", "INFO", "--", f"--concurrency={concurrency}"]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )

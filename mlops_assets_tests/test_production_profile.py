@@ -17,7 +17,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,14 @@ import yaml
 
 from mlops_assets.config import PROJECT_ROOT, SPECS_DIR, load_spec
 from mlops_assets_tests.conftest import akey, fast_flights_spec
-from mlops_assets_tests.services import S3_KEYS, seaweed_s3
+from mlops_assets_tests.services import (
+    S3_KEYS,
+    celery_worker,
+    postgres_databases,
+    production_env,
+    seaweed_s3,
+    stop_group,
+)
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -66,22 +72,9 @@ def services() -> None:
 
 
 @pytest.fixture
-def databases(services: None) -> Iterator[tuple[str, str]]:
-    import psycopg2
-
-    names = (f"mlops_dagster_{uuid.uuid4().hex[:8]}", f"mlops_mlflow_{uuid.uuid4().hex[:8]}")
-    con = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    con.autocommit = True
-    with con.cursor() as cur:
-        for n in names:
-            cur.execute(f"CREATE DATABASE {n}")
-    try:
+def databases(services: None) -> Iterator[list[str]]:
+    with postgres_databases("mlops_dagster", "mlops_mlflow") as names:
         yield names
-    finally:
-        with con.cursor() as cur:
-            for n in names:
-                cur.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
-        con.close()
 
 
 @pytest.fixture
@@ -108,36 +101,8 @@ def fast_chicago_spec(tmp: Path) -> Path:
     return path
 
 
-def _worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A Celery worker as a deployment starts one, two steps at a time (prefork pool)."""
-    args = [str(BIN / "dagster-celery"), "worker", "start", "-A", "mlops_assets.celery_app", "-y", "deploy/celery.yaml"]
-    args += ["-n", name, "-l", "INFO", "--", "--concurrency=2"]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            args,
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the CLI starts `celery` as a child: stop the whole group afterwards
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def test_two_datasets_run_at_once_on_two_celery_workers_with_postgres_seaweedfs_and_redis(
-    tmp_path: Path, databases: tuple[str, str], s3: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, databases: list[str], s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import boto3
     import redis
@@ -154,43 +119,29 @@ def test_two_datasets_run_at_once_on_two_celery_workers_with_postgres_seaweedfs_
         fast_chicago_spec(tmp_path),
     )
     specs = {load_spec(p).name: load_spec(p) for p in (flights_spec, chicago_spec)}
-    env = {
-        **os.environ,
-        **S3_KEYS,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
-        "DAGSTER_PG_DB": dagster_db,
-        "MLOPS_PROFILE": "production",
-        "MLOPS_SPECS": f"{flights_spec},{chicago_spec}",
-        "MLOPS_DATA_DIR": str(tmp_path / "data"),
-        "MLOPS_LAKE_URI": f"s3://{BUCKET}/lake",
-        "MLOPS_S3_ENDPOINT_URL": s3,
-        "MLFLOW_S3_ENDPOINT_URL": s3,
-        "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
-        "MLOPS_MLFLOW_ARTIFACT_ROOT": f"s3://{BUCKET}/mlflow",
-        "MLOPS_CELERY_BROKER": redis_url,
-        "MLOPS_CELERY_BACKEND": redis_url,
-        "MLOPS_ONLINE_REDIS_URL": redis_url,
-        # `dagster-celery worker start` runs `celery` from PATH
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    env.pop("MLOPS_SPEC", None)
-    env.pop("MLOPS_FEATURE_STORE", None)  # the production default: Parquet on the lake
+    env = production_env(
+        home=home,
+        data_dir=tmp_path / "data",
+        specs=[flights_spec, chicago_spec],
+        dagster_db=dagster_db,
+        mlflow_db=mlflow_db,
+        s3_url=s3,
+        bucket=BUCKET,
+        redis_url=redis_url,
+    )
     rdb = redis.Redis.from_url(redis_url)
     rdb.flushdb()  # no task or online row left over from another run
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.delenv("MLOPS_SPEC", raising=False)
-    monkeypatch.delenv("MLOPS_FEATURE_STORE", raising=False)
+    for var in ("MLOPS_SPEC", "MLOPS_FEATURE_STORE", "MLOPS_EXECUTOR"):
+        monkeypatch.delenv(var, raising=False)
 
     # MLflow's store reached straight on PostgreSQL is created by its first client: created here once, as a
     # deployment does (`mlflow db upgrade URI`, or by starting the tracking server), not raced by the first
     # steps of both datasets (alembic's CREATE TABLE twice fails one of them).
     MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()
     worker_logs = {w: tmp_path / f"worker-{w}.log" for w in ("a", "b")}
-    workers = [_worker(f"mlops-{w}-{redis_db}@%h", env, log) for w, log in worker_logs.items()]
+    workers = [celery_worker(f"mlops-{w}-{redis_db}@%h", env, log, concurrency=2) for w, log in worker_logs.items()]
     drivers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     started = time.monotonic()
     try:
@@ -213,7 +164,7 @@ def test_two_datasets_run_at_once_on_two_celery_workers_with_postgres_seaweedfs_
             if proc.poll() is None:
                 proc.kill()
         for w in workers:
-            _stop(w)
+            stop_group(w)
     wall = time.monotonic() - started
 
     # every run of both datasets succeeded, in PostgreSQL, and no writer ever met another
