@@ -171,9 +171,16 @@ def summarize(data_dir: Path, spec: DatasetSpec) -> dict[str, Any]:
     return out
 
 
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _same(a: Any, b: Any) -> bool:
+    """Equal values; no value equals no value (a frame column holds it as NaN or None, by what else it holds)."""
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
     if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-9
+        return abs(a - b) < 1e-9
     return bool(a == b)
 
 
