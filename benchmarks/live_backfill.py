@@ -11,7 +11,7 @@ champion and its hold-out metric, and how many days' drift share and decay agree
 sees the days in another order and at other moments than the replay (two runs at once, a tick every 30 s), so
 its retrains may come on other days and the champions may legitimately differ; the script says where.
 
-    python benchmarks/live_backfill.py --days 60            # fast flights spec (small search), ~30 min on 2 cores
+    python benchmarks/live_backfill.py --days 60   # fast flights spec; replay 16 min, backfill ~1 day/min, 2 busy cores
     python benchmarks/live_backfill.py --days 20 --keep     # keep the two data folders to open in the UI
 """
 
@@ -171,9 +171,16 @@ def summarize(data_dir: Path, spec: DatasetSpec) -> dict[str, Any]:
     return out
 
 
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _same(a: Any, b: Any) -> bool:
+    """Equal values; no value equals no value (a frame column holds it as NaN or None, by what else it holds)."""
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
     if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-9
+        return abs(a - b) < 1e-9
     return bool(a == b)
 
 

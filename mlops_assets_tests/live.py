@@ -175,7 +175,8 @@ class Live:
         """A backfill of a partitioned job over `partitions`, as the UI launches it: the backfill daemon
         submits the runs (on its next pass, up to 30 s later), the run queue launches them two at a time.
         `submit_now` has the webserver submit them to the queue itself (the GraphQL API's
-        `forceSynchronousSubmission`), which saves a test that wait."""
+        `forceSynchronousSubmission`), which saves a test that wait; such a backfill keeps no record of its
+        own, only its runs carry its id (tag `dagster/backfill`)."""
         params = {
             "selector": {
                 "partitionSetName": f"{job_name}_partition_set",
@@ -215,9 +216,8 @@ class Live:
             self._instance = dg.DagsterInstance.from_config(str(self.home))
         return self._instance
 
-    def runs(self, job_name: str | None = None) -> list[dg.DagsterRun]:
-        filters = dg.RunsFilter(job_name=job_name) if job_name else None
-        return list(self.instance.get_runs(filters=filters))
+    def runs(self, job_name: str | None = None, tags: dict[str, str] | None = None) -> list[dg.DagsterRun]:
+        return list(self.instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags=tags or {})))
 
     def wait_run(self, run_id: str, timeout: float) -> dg.DagsterRun:
         def done() -> dg.DagsterRun | None:
