@@ -211,7 +211,17 @@ class LakeFiles:
         """{partition value: file path} of the `<key>=<value>/part.parquet` files under `rel_dir`."""
         selector = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
         found: dict[str, str] = {}
-        for info in self.fs.get_file_info(selector):
+        for attempt in range(5):
+            # A local listing walks the tree while other workers create and rename partition folders in it:
+            # a folder seen by one call and gone (or not yet there) at the next is a race, not a missing table.
+            try:
+                infos = self.fs.get_file_info(selector)
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        for info in infos:
             if info.type != pafs.FileType.File or info.base_name != PART:
                 continue
             folder = info.path.rsplit("/", 2)[-2]
