@@ -24,7 +24,7 @@ from dagster._core.events import DagsterEventType
 
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings, load_spec
 from mlops_assets.defs import names
-from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_DATASET, TAG_REASON, TAG_TRIGGER
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_REASON, TAG_TRIGGER
 from mlops_assets.storage.stores import duckdb_file
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -111,9 +111,7 @@ def forget_dataset(settings: Settings, spec: DatasetSpec) -> None:
             with contextlib.suppress(MlflowException):  # never registered
                 client.delete_registered_model(spec.model_name)
     with dg.DagsterInstance.get() as instance:
-        prefix = names.job_name(spec.name, "")
-        for rec in instance.get_run_records(filters=dg.RunsFilter(tags={TAG_DATASET: spec.name})):
-            instance.delete_run(rec.dagster_run.run_id)
+        prefix = names.job_name(spec.name, "")  # every job of the dataset carries its name
         for run in instance.get_runs():
             if run.job_name.startswith(prefix):
                 instance.delete_run(run.run_id)

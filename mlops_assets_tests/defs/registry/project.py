@@ -36,6 +36,15 @@ class Project:
     tmp: Path
 
 
+def registry_with_versions(tmp: Path, model: str, versions: int) -> ModelRegistryResource:
+    """A SQLite registry of its own holding `versions` versions of `model`: what the alias tests move between."""
+    reg = ModelRegistryResource(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "artifacts"))
+    reg.ensure_model(model)
+    for _ in range(versions):
+        reg.client.create_model_version(model, source=(tmp / "artifacts").as_uri())
+    return reg
+
+
 def days_until(last: dt.date) -> list[dt.date]:
     return [FIRST_DAY + dt.timedelta(days=i) for i in range((last - FIRST_DAY).days + 1)]
 

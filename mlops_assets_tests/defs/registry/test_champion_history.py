@@ -14,19 +14,14 @@ import pytest
 from mlflow import MlflowClient
 
 from mlops_assets.defs.resources import CHAMPION_HISTORY_TAG, ModelRegistryResource
+from mlops_assets_tests.defs.registry.project import registry_with_versions
 
 MODEL = "history_model"
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[ModelRegistryResource]:
-    reg = ModelRegistryResource(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "artifacts")
-    )
-    reg.ensure_model(MODEL)
-    for _ in range(3):
-        reg.client.create_model_version(MODEL, source=(tmp_path / "artifacts").as_uri())
-    yield reg
+    yield registry_with_versions(tmp_path, MODEL, 3)
 
 
 def test_moves_are_recorded_in_order_with_where_the_alias_was(registry: ModelRegistryResource) -> None:

@@ -17,19 +17,14 @@ from typing import Any
 import pytest
 
 from mlops_assets.defs.resources import ModelRegistryResource
+from mlops_assets_tests.defs.registry.project import registry_with_versions
 
 MODEL = "cas_model"
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[ModelRegistryResource]:
-    reg = ModelRegistryResource(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "artifacts")
-    )
-    reg.ensure_model(MODEL)
-    for _ in range(4):
-        reg.client.create_model_version(MODEL, source=(tmp_path / "artifacts").as_uri())
-    yield reg
+    yield registry_with_versions(tmp_path, MODEL, 4)
 
 
 def champion(registry: ModelRegistryResource) -> str | None:
