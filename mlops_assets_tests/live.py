@@ -163,13 +163,17 @@ class Live:
             raise RuntimeError(f"GraphQL errors: {out['errors']}")
         return dict(out["data"])
 
-    def submit_job(self, job_name: str, tags: dict[str, str] | None = None) -> str:
+    def submit_job(
+        self, job_name: str, tags: dict[str, str] | None = None, run_config: dict[str, Any] | None = None
+    ) -> str:
         """Queue one run of a job, as the UI's Launchpad does: the daemon dequeues and launches it."""
         from dagster_graphql import DagsterGraphQLClient
 
         host, port = self.url.removeprefix("http://").split(":")
         client = DagsterGraphQLClient(host, port_number=int(port))
-        return client.submit_job_execution(job_name, repository_location_name=self.location, tags=tags)
+        return client.submit_job_execution(
+            job_name, repository_location_name=self.location, tags=tags, run_config=run_config
+        )
 
     def launch_backfill(self, job_name: str, partitions: list[str], *, submit_now: bool = False) -> str:
         """A backfill of a partitioned job over `partitions`, as the UI launches it: the backfill daemon
