@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
@@ -37,6 +38,14 @@ def _profile_from_lake(key: str, sha: str, lake: Lake) -> ReferenceProfile:
     return _PROFILES[(key, sha)]
 
 
+def profiled_columns(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) columns of `frame` a profile can describe: a lag or a target rate has no values in
+    a dataset's first days by design, and a column with no reference value has nothing to be tested against."""
+    numeric = [c for c in spec.numeric_features if np.isfinite(pd.to_numeric(frame[c], errors="coerce")).any()]
+    categorical = [c for c in spec.categorical_features if frame[c].notna().any()]
+    return numeric, categorical
+
+
 def reference_profile(
     spec: DatasetSpec, champion: ChampionInfo | None, store: FeatureStoreApi, lake: Lake, day: dt.date
 ) -> tuple[ReferenceProfile | None, str]:
@@ -52,9 +61,7 @@ def reference_profile(
     if day <= last:
         return None, f"warm-up: reference builds from {first} to {last}"
     warm = store.features_between(first, last)
-    # A lag or a target rate has no values in the first days by design: the warm-up profiles the columns that do.
-    numeric = [c for c in spec.numeric_features if pd.to_numeric(warm[c], errors="coerce").notna().any()]
-    categorical = [c for c in spec.categorical_features if warm[c].notna().any()]
+    numeric, categorical = profiled_columns(warm, spec)
     profile = ReferenceProfile.from_frame(warm, numeric=numeric, categorical=categorical)
     return profile, f"warm-up days {first} to {last} ({len(warm)} rows)"
 

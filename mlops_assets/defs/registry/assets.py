@@ -13,6 +13,7 @@ import pandas as pd
 
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings
 from mlops_assets.defs import names
+from mlops_assets.defs.monitoring.assets import profiled_columns
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
@@ -216,7 +217,11 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         lk = lake.lake()
         frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         train = split_days(frame, ds)["train"]
-        profile = ReferenceProfile.from_frame(train, numeric=ds.numeric_features, categorical=ds.categorical_features)
+        numeric, categorical = profiled_columns(train, ds)
+        untested = sorted({*ds.numeric_features, *ds.categorical_features} - {*numeric, *categorical})
+        if untested:  # an early model: its 7-day rates had no labelled days yet
+            context.log.warning(f"no values to profile for drift in {untested}: drift is not tested on them")
+        profile = ReferenceProfile.from_frame(train, numeric=numeric, categorical=categorical)
         prof_key, prof_sha = lk.write_blob("profiles", ds.name, profile.to_json().encode(), ".json")
         decision = evaluation_report["decision"]
         tags = {
@@ -250,6 +255,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "mlops.sweep_run_id": str(candidate_models["run_id"]),
             "mlops.reference_profile_key": prof_key,
             "mlops.reference_profile_sha256": prof_sha,
+            "mlops.drift_untested": ",".join(untested),
             "mlops.gate": decision["status"],
             "mlops.gate_reason": decision["reason"][:500],
             # The champion the gate compared against ("none": no champion yet): the alias moves to this
