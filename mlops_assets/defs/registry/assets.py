@@ -21,6 +21,8 @@ from mlops_assets.defs.resources import (
 )
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
+from mlops_assets.serving.compiled import registration_tags
+from mlops_assets.serving.scoring import scorer_tags
 from mlops_assets.storage.models import artifact_digest
 
 GROUP = "registry"
@@ -177,6 +179,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "mlops.spec_hash": ds.spec_hash,
                 "mlops.dagster_run_id": context.run_id,
                 "mlops.gate": "first_model",
+                **registration_tags(model, X, ds.numeric_features, ds.categorical_features),
             },
         )
         outcome = registry.move_champion(
@@ -215,7 +218,8 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         lk = lake.lake()
         frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
-        train = split_days(frame, ds)["train"]
+        splits = split_days(frame, ds)
+        train = splits["train"]
         profile = ReferenceProfile.from_frame(train, numeric=ds.numeric_features, categorical=ds.categorical_features)
         prof_key, prof_sha = lk.write_blob("profiles", ds.name, profile.to_json().encode(), ".json")
         decision = evaluation_report["decision"]
@@ -256,6 +260,14 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             # version only if it still names that one.
             "mlops.compared_with": str(evaluation_report["champion_version"] or "none"),
             "mlops.cpu_seconds": f"{candidate_models['cpu_seconds']:.2f}",
+            # How the online API will score it: compiled only if proven equal on this hold-out.
+            **scorer_tags(
+                candidate_models["model_uri"],
+                candidate_models["model_sha256"],
+                registry.tracking_uri,
+                splits["holdout"],
+                ds,
+            ),
         }
         mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
         context.log.info(f"registered {ds.model_name} v{mv.version} (gate: {decision['status']})")
