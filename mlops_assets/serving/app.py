@@ -632,6 +632,7 @@ def create_app(
 
 
 POLL_ENV = "MLOPS_SERVE_POLL_SECONDS"
+WORKER_STARTUP_SECONDS = 120
 
 
 def app_from_env() -> FastAPI:
@@ -659,6 +660,9 @@ def serve(
 
     check_exposure(host, os.environ.get(TOKEN_ENV) or None)
     os.environ[POLL_ENV] = str(poll_seconds)
+    # One OpenMP thread per worker: the workers already take the cores, and scikit-learn's threads (the plain
+    # path, the proof at load) spinning against each other's processes cost more than they give.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     uvicorn.run(
         "mlops_assets.serving.app:app_from_env",
         factory=True,
@@ -667,4 +671,8 @@ def serve(
         workers=workers or default_workers(),
         access_log=access_log,
         log_level="info",
+        # A worker imports MLflow and loads, verifies and compiles the champion before it answers the
+        # supervisor's first ping: tens of seconds on a busy machine, where uvicorn's default 5 s killed
+        # every worker in a loop.
+        timeout_worker_healthcheck=WORKER_STARTUP_SECONDS,
     )
