@@ -7,13 +7,15 @@ DIR is a deployment with a champion (e.g. after `mlops-assets replay --days 26` 
 picks most) fitted on the deployment's feature store through the project's own code: `build_model`,
 `log_model`, the artifact digest, `scorer_tags` on the newest hold-out days, `move_champion`.
 
-Both servers run at once on 127.0.0.1 (ports 8100-8199), each with `--workers` processes, and wrk (the
+Both servers run at once on 127.0.0.1 (ports 8100-8199), each with `--workers` processes of one OpenMP
+thread, and wrk (the
 Debian package, written in C: it is not the bottleneck) drives them in turns with the same request:
 1 connection, then 8; then ours at half its own 8-connection peak (wrk's per-connection `delay()`: the
 latency of a service that is not saturated). Then the swap run: ours under 8 connections while the alias is
 moved back and forth `--swaps` times (promotions and rollbacks through `move_champion`), counting wrk's
 non-2xx responses and socket errors, while a checker client verifies that every answer names a version
-and carries the score that version gives.
+and carries the score that version gives. Beside req/s and latency it prints the CPU the server's processes
+spent per request (from /proc), the figure a shared machine distorts least.
 """
 
 from __future__ import annotations
@@ -147,9 +149,25 @@ def lua(path: Path, body: dict[str, Any], delay_ms: float | None = None) -> Path
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def wrk(port: int, path: str, script: Path, conns: int, seconds: float) -> dict[str, float]:
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every process in the server's process group (its workers included): what one
+    request costs the machine, which a shared, noisy machine distorts far less than req/s."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of /proc/PID/stat: the process group
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def wrk(port: int, path: str, script: Path, conns: int, seconds: float, pgid: int | None = None) -> dict[str, float]:
+    before = cpu_seconds(pgid) if pgid else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -174,11 +192,14 @@ def wrk(port: int, path: str, script: Path, conns: int, seconds: float) -> dict[
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    requests = float(total.group(1)) if total else 0.0
+    cpu = cpu_seconds(pgid) - before if pgid else float("nan")
     return {
+        "cpu_ms_per_request": cpu * 1e3 / requests if requests else float("nan"),
         "rps": float(rps.group(1)) if rps else 0.0,
         "p50": latency("50"),
         "p99": latency("99"),
-        "requests": float(total.group(1)) if total else 0.0,
+        "requests": requests,
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "socket_errors": float(sum(int(g) for g in sock.groups())) if sock else 0.0,
     }
@@ -266,6 +287,7 @@ def main() -> None:
     ap.add_argument("--swaps", type=int, default=6)
     ap.add_argument("--port", type=int, default=8110, help="ours; mlflow's is the next one")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops both servers
     if not 8100 <= args.port <= 8198:
         raise SystemExit("ports 8100-8199 only")
     env = {**os.environ, "MLOPS_DATA_DIR": str(Path(args.data_dir).resolve()), "MLOPS_SPEC": args.spec}
@@ -283,7 +305,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     ours_lua = lua(tmp / "ours.lua", {"rows": [row]})
     theirs_lua = lua(tmp / "theirs.lua", {"dataframe_records": [row]})
-    mlflow_env = {**env, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    # mlflow runs `uvicorn` from PATH
+    # One OpenMP thread per worker for both (ours sets it itself): scikit-learn's threads spinning against
+    # the other workers would make mlflow look slower than it is.
+    mlflow_env = {
+        **env,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "PATH": f"{BIN}:{env['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     ours = start(
         [
             str(BIN / "mlops-assets"),
@@ -332,11 +362,11 @@ def main() -> None:
             wrk(port, "/invocations" if port == theirs_port else "/predict", script, 2, 2)
         results: dict[tuple[str, int], dict[str, float]] = {}
         for conns in (1, 8):
-            results[("ours", conns)] = wrk(ours_port, "/predict", ours_lua, conns, args.seconds)
-            results[("mlflow", conns)] = wrk(theirs_port, "/invocations", theirs_lua, conns, args.seconds)
+            results[("ours", conns)] = wrk(ours_port, "/predict", ours_lua, conns, args.seconds, ours.pid)
+            results[("mlflow", conns)] = wrk(theirs_port, "/invocations", theirs_lua, conns, args.seconds, theirs.pid)
         peak = results[("ours", 8)]["rps"]
         half_lua = lua(tmp / "half.lua", {"rows": [row]}, delay_ms=8 * 1000.0 / (peak / 2))
-        results[("ours half peak", 8)] = wrk(ours_port, "/predict", half_lua, 8, args.seconds)
+        results[("ours half peak", 8)] = wrk(ours_port, "/predict", half_lua, 8, args.seconds, ours.pid)
         report(results, args.workers)
         swap = swap_run(env, args.spec, ours_port, ours_lua, {"rows": [row]}, args.swaps, max(args.seconds, 12.0))
         print(
@@ -375,16 +405,20 @@ def check_same_scores(ours: int, theirs: int, row: dict[str, Any]) -> None:
 
 
 def report(results: dict[tuple[str, int], dict[str, float]], workers: int) -> None:
-    print(f"\n{'server':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print(f"\n{'server':<26}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU ms/req':>12}")
     for (name, conns), r in results.items():
         label = f"{name} ({workers}w)" if name != "ours half peak" else f"ours at half peak ({workers}w)"
-        print(f"{label:<22}{conns:>6}{r['rps']:>10.1f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx']:>9.0f}")
+        print(
+            f"{label:<26}{conns:>6}{r['rps']:>10.1f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['non2xx']:>9.0f}"
+            f"{r['cpu_ms_per_request']:>12.3f}"
+        )
     print("\nratios ours / mlflow models serve (same model, same row, same workers):")
     for conns in (1, 8):
         o, m = results[("ours", conns)], results[("mlflow", conns)]
         print(
             f"  {conns} conn: throughput {o['rps'] / max(m['rps'], 1e-9):.1f}x, p50 {o['p50'] / m['p50']:.3f}x, "
-            f"p99 {o['p99'] / m['p99']:.3f}x"
+            f"p99 {o['p99'] / m['p99']:.3f}x, "
+            f"server CPU per request {o['cpu_ms_per_request'] / m['cpu_ms_per_request']:.3f}x"
         )
     half = results[("ours half peak", 8)]
     ratio8 = results[("ours", 8)]["rps"] / max(results[("mlflow", 8)]["rps"], 1e-9)

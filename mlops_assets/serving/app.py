@@ -37,10 +37,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 from anyio import to_thread
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlops_assets.config import DatasetSpec, Settings, load_spec
@@ -147,7 +147,22 @@ def _error(kind: str, loc: Sequence[str | int], msg: str, value: Any = None) -> 
     return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
 
 
-def rows_to_columns(spec: DatasetSpec, rows: list[dict[str, Any]]) -> Columns:
+@dataclasses.dataclass(frozen=True)
+class FeatureContract:
+    """The spec's feature lists, computed once (the spec derives them on every access)."""
+
+    names: list[str]
+    expected: frozenset[str]
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> FeatureContract:
+        names = list(spec.feature_names)
+        return cls(names, frozenset(names), tuple(spec.numeric_features), tuple(spec.categorical_features))
+
+
+def rows_to_columns(spec: DatasetSpec | FeatureContract, rows: list[dict[str, Any]]) -> Columns:
     """Turn request rows into the model's inputs, or raise a 422 listing what is wrong.
 
     Every row must carry exactly the spec's features: a missing one would be imputed without the caller
@@ -156,10 +171,9 @@ def rows_to_columns(spec: DatasetSpec, rows: list[dict[str, Any]]) -> Columns:
     as their decimal text, which is how the feature store casts them) or null. A row with far more keys than
     the model has features is refused before its keys are read one by one.
     """
-    names = spec.feature_names
-    expected = set(names)
-    numeric_names = spec.numeric_features
-    categorical_names = spec.categorical_features
+    contract = spec if isinstance(spec, FeatureContract) else FeatureContract.of(spec)
+    names, expected = contract.names, contract.expected
+    numeric_names, categorical_names = contract.numeric, contract.categorical
     max_keys = len(names) + MAX_EXTRA_KEYS
     errors: list[dict[str, Any]] = []
     num = np.empty((len(rows), len(numeric_names)), dtype=np.float64)
@@ -298,7 +312,7 @@ def online_row(store: FeatureStoreApi, entity_id: str, lock_wait: float) -> pd.D
 
 def store_problem(store: FeatureStoreApi) -> str | None:
     """A cheap look at whether entity lookups can work now (for `/health`): Redis answers a ping, the lake
-    lists, the DuckDB file exists. None when it looks fine."""
+    lists, the DuckDB file is readable. None when it looks fine."""
     try:
         if isinstance(store, ParquetFeatureStore):
             online = getattr(store, "online", None)
@@ -309,7 +323,9 @@ def store_problem(store: FeatureStoreApi) -> str | None:
                 store.files.partitions("features")
             return None
         if isinstance(store, FeatureStore):
-            return None if store.path.exists() else "no feature store yet (features not materialized)"
+            # not materialized yet is not broken (entity lookups say so); a file we cannot read is
+            unreadable = store.path.exists() and not os.access(store.path, os.R_OK)
+            return "the feature store file is unreadable" if unreadable else None
     except Exception as exc:
         log.warning("feature store check failed: %s: %s", type(exc).__name__, exc)
         return f"unreachable ({type(exc).__name__})"
@@ -351,15 +367,11 @@ def _json_error(status: int, detail: str, headers: dict[str, str] | None = None)
     )
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class Guard:
     """Bearer token and body-size cap, before FastAPI reads anything (pure ASGI: a few microseconds).
 
     The token is compared in constant time. A body announced bigger than the cap is refused unread; a
-    streamed one is cut off as soon as it passes the cap."""
+    streamed one (no Content-Length) is read here and refused as soon as it passes the cap."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
         self.app = app
@@ -400,29 +412,32 @@ class Guard:
                 return
             await self.app(scope, receive, send)
             return
+        # No Content-Length (a chunked upload): read it here, up to the cap, then hand the app what was read.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _BodyTooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                break  # the client went away; the app sees an empty body and the disconnect
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
                 for m in _json_error(413, f"request body is over the {limit}-byte limit"):
                     await send(m)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 # --- the app -----------------------------------------------------------------------------------------------
@@ -479,7 +494,8 @@ def create_app(
     if max_body_bytes is None:
         max_body_bytes = int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_BYTES)
     spec = load_spec(settings.spec_path)
-    names = list(spec.feature_names)
+    contract = FeatureContract.of(spec)
+    names = contract.names
     registry = ModelRegistryResource(
         tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
     )
@@ -590,10 +606,30 @@ def create_app(
             poll_seconds=watcher.interval,
         )
 
-    @app.post("/predict", response_model=PredictResponse)
-    async def predict(body: PredictRequest) -> Response:
-        """Score rows given in full by the caller. The response names the version that scored them."""
-        cols = rows_to_columns(spec, body.rows)
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(request: Request) -> Response:
+        """Score rows given in full by the caller. The response names the version that scored them.
+
+        The body is parsed and checked by hand (the same `PredictRequest` model, the same 422s), which
+        spares FastAPI's dependency machinery on the path every request takes."""
+        raw = await request.body()
+        try:
+            body = PredictRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)]
+            for e in errors:
+                e.pop("ctx", None)  # may hold exception objects: not JSON, and not the client's business
+            raise RequestValidationError(errors) from None
+        cols = rows_to_columns(contract, body.rows)
         served = _served(watcher)  # read once: these scores and this version belong together
         if _compiled(served) and cols.n_rows <= INLINE_ROWS:
             scores = _score_columns(served, cols, names)  # microseconds: cheaper than a thread hop
@@ -616,7 +652,7 @@ def create_app(
             raise HTTPException(status_code=404, detail=detail)
         row = found.iloc[[0]]
         frame = row[names].reset_index(drop=True)
-        cols = Columns.from_frame(frame, spec.numeric_features, spec.categorical_features)
+        cols = Columns.from_frame(frame, contract.numeric, contract.categorical)
         score = _score_columns(served, cols, names)[0]
         event_time = _jsonable(row["event_time"].iloc[0]) if "event_time" in row else None
         return EntityPredictResponse(

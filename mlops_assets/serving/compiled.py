@@ -136,8 +136,8 @@ class PackedForest:
     roots: np.ndarray | None = None
     depth: int = 0
 
-    def _go_left(self, x: np.ndarray, nodes: slice | np.ndarray) -> np.ndarray:
-        """Which side each (row, split) goes, with scikit-learn's rules: a missing value the side learned
+    def _go_left(self, x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """Which side each (row, node) goes, with scikit-learn's rules: a missing value the side learned
         for it; a category by its split's table (an unknown code the missing side); a number by `<=`."""
         go_left = x <= self.threshold[nodes]
         nan = np.isnan(x)
@@ -145,25 +145,11 @@ class PackedForest:
             go_left = np.where(nan, self.missing_left[nodes], go_left)
         if self.cat_row is None or self.cat_left is None:
             return go_left
-        if isinstance(nodes, slice):  # the mask method: every split is a column of x
-            cat_cols = self._cat_cols
-            xc = x[:, cat_cols]
-            go_left[:, cat_cols] = self.cat_left[self.cat_row[cat_cols], _codes(xc)]
-            return go_left
         cr = self.cat_row[nodes]
         is_cat = cr >= 0
         if is_cat.any():
             go_left[is_cat] = self.cat_left[cr[is_cat], _codes(x[is_cat])]
         return go_left
-
-    @property
-    def _cat_cols(self) -> np.ndarray:
-        cached = self.__dict__.get("_cat_cols_cache")
-        if cached is None:
-            assert self.cat_row is not None
-            cached = np.flatnonzero(self.cat_row >= 0)
-            object.__setattr__(self, "_cat_cols_cache", cached)
-        return cached
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         """The value of the leaf each row reaches in each tree, shape (rows, trees)."""
@@ -172,12 +158,28 @@ class PackedForest:
         if X.shape[0] > ROW_CHUNK:
             return np.concatenate([self.leaves(X[i : i + ROW_CHUNK]) for i in range(0, X.shape[0], ROW_CHUNK)])
         x = X[:, self.feature]
-        go_left = self._go_left(x, slice(None))
+        go_left = x <= self.threshold
+        if np.isnan(X).any():  # checked on the row's few columns, not on every split
+            go_left = np.where(np.isnan(x), self.missing_left, go_left)
+        if self.cat_row is not None and self.cat_left is not None:
+            # codes per input column once, then each categorical split's side from its table
+            cols, rows = self._cat_split_index
+            go_left[:, cols] = self.cat_left[rows, _codes(X)[:, self.feature[cols]]]
         alive = np.where(go_left, ALL_LEAVES, self.mask)
         per_tree = np.bitwise_and.reduceat(alive, self.starts, axis=1)
         lowest = per_tree & (~per_tree + np.uint64(1))
         index = np.frexp(lowest.astype(np.float64))[1] - 1
         return self.leaf_value[self.leaf_offset + index]
+
+    @property
+    def _cat_split_index(self) -> tuple[np.ndarray, np.ndarray]:
+        cached = self.__dict__.get("_cat_split_cache")
+        if cached is None:
+            assert self.cat_row is not None
+            cols = np.flatnonzero(self.cat_row >= 0)
+            cached = (cols, self.cat_row[cols])
+            object.__setattr__(self, "_cat_split_cache", cached)
+        return cached
 
     def _walk(self, X: np.ndarray) -> np.ndarray:
         assert self.roots is not None and self.left is not None and self.right is not None
