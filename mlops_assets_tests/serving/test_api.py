@@ -225,9 +225,11 @@ def test_no_request_fails_while_the_model_is_swapped(world: World, client: TestC
     for t in threads:
         t.start()
     try:
-        for target in [world.logistic, world.baseline, world.logistic, world.baseline]:
+        # six swaps: promotions and rollbacks, each recorded as the registry records them
+        for i, target in enumerate([world.logistic, world.baseline] * 3):
             time.sleep(0.15)
-            world.move(target)
+            kind = "promote" if i % 2 == 0 else "rollback"
+            world.registry.move_champion(world.spec.model_name, target, reason="swap", actor="test_api", kind=kind)
             assert watcher.refresh() is True
         time.sleep(0.15)
     finally:
