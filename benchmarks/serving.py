@@ -225,6 +225,7 @@ def swap_run(
     result: dict[str, Any] = {}
     stop_checker = threading.Event()
     seen: dict[str, set[float]] = {}
+    order: list[str] = []
     checker_failures: list[str] = []
 
     def checker() -> None:
@@ -244,6 +245,8 @@ def swap_run(
                 continue
             answer = json.loads(data)
             seen.setdefault(answer["model_version"], set()).add(round(answer["scores"][0], 12))
+            if not order or order[-1] != answer["model_version"]:
+                order.append(answer["model_version"])
             time.sleep(0.01)
 
     def load() -> None:
@@ -325,7 +328,7 @@ def main() -> None:
             "--workers",
             str(args.workers),
             "--poll-seconds",
-            "0.5",
+            "1",
         ],
         env,
         tmp / "ours.log",
@@ -368,12 +371,13 @@ def main() -> None:
         half_lua = lua(tmp / "half.lua", {"rows": [row]}, delay_ms=8 * 1000.0 / (peak / 2))
         results[("ours half peak", 8)] = wrk(ours_port, "/predict", half_lua, 8, args.seconds, ours.pid)
         report(results, args.workers)
-        swap = swap_run(env, args.spec, ours_port, ours_lua, {"rows": [row]}, args.swaps, max(args.seconds, 12.0))
+        swap = swap_run(env, args.spec, ours_port, ours_lua, {"rows": [row]}, args.swaps, max(args.seconds, 20.0))
         print(
             f"\nswap under load: {swap['moves']} alias moves (promotions and rollbacks) during "
             f"{swap['requests']:.0f} requests at 8 connections ({swap['rps']:.0f} req/s, p99 {swap['p99']:.2f} ms): "
             f"{swap['non2xx']:.0f} non-2xx, {swap['socket_errors']:.0f} socket errors; checker saw versions "
-            f"{swap['versions_seen']}, {len(swap['checker_failures'])} failures, versions with mixed scores: "
+            f"{swap['versions_seen']} and {swap['switches_seen']} switches of the serving version, "
+            f"{len(swap['checker_failures'])} failures, versions with mixed scores: "
             f"{swap['mixed'] or 'none'}"
         )
     finally:
