@@ -1,8 +1,10 @@
 """`mlops-assets serve` against `mlflow models serve` on the same model and the same one-row request.
 
-    python benchmarks/serving.py --data-dir DIR --spec SPEC [--fit-hgb] [--seconds 10]
+    python benchmarks/serving.py [--data-dir DIR --spec SPEC] [--fit-hgb] [--seconds 10]
 
-DIR is a deployment with a champion (e.g. after `mlops-assets replay --days 26` of a flights spec).
+DIR is a deployment with a champion (e.g. after `mlops-assets replay --days 26` of a flights spec). Without
+it the benchmark makes one in a temporary folder: the flights spec with its first model due after 18,000
+labelled rows, replayed for 26 days (`mlops-assets replay`, a few minutes), then `--fit-hgb`.
 `--fit-hgb` first registers and promotes a histogram gradient boosting model (the family the flights sweep
 picks most) fitted on the deployment's feature store through the project's own code: `build_model`,
 `log_model`, the artifact digest, `scorer_tags` on the newest hold-out days, `move_champion`.
@@ -110,6 +112,31 @@ def one_row(env: dict[str, str], spec_path: str) -> dict[str, Any]:
         v = v.item() if hasattr(v, "item") else v
         row[k] = None if isinstance(v, float) and v != v else v
     return row
+
+
+def make_deployment(days: int = 26) -> tuple[str, str]:
+    """A flights deployment with a trained champion, made by the project's own replay."""
+    import yaml
+
+    from mlops_assets.config import DEFAULT_SPEC
+
+    root = Path(tempfile.mkdtemp(prefix="serving-bench-data-"))
+    spec = yaml.safe_load(DEFAULT_SPEC.read_text())
+    spec["policy"]["bootstrap_min_rows"] = 18000
+    spec["monitoring"]["evidently_every_days"] = 0
+    path = root / "flights_bench.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    print(f"replaying {days} days of flights into {root} (policy.bootstrap_min_rows: 18000) ...", flush=True)
+    env = {**os.environ, "MLOPS_DATA_DIR": str(root / "data")}
+    env.pop("MLOPS_SPECS", None)
+    subprocess.run(
+        [str(BIN / "mlops-assets"), "replay", "--spec", str(path), "--days", str(days), "--no-compare", "--quiet"],
+        env=env,
+        cwd=root,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return str(root / "data"), str(path)
 
 
 # --- servers and load --------------------------------------------------------------------------------------
@@ -274,6 +301,7 @@ def swap_run(
         **result,
         "moves": moves,
         "versions_seen": sorted(seen),
+        "switches_seen": len(order) - 1,
         "mixed": mixed,
         "checker_failures": checker_failures,
     }
@@ -282,8 +310,8 @@ def swap_run(
 # --- main --------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--spec", required=True)
+    ap.add_argument("--data-dir", help="a deployment with a champion (default: replay one into a temp folder)")
+    ap.add_argument("--spec", help="its spec (required with --data-dir)")
     ap.add_argument("--fit-hgb", action="store_true", help="register and promote an HGB champion first")
     ap.add_argument("--seconds", type=float, default=10.0, help="each wrk run")
     ap.add_argument("--workers", type=int, default=2, help="processes of each server")
@@ -293,6 +321,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops both servers
     if not 8100 <= args.port <= 8198:
         raise SystemExit("ports 8100-8199 only")
+    if args.data_dir is None:
+        args.data_dir, args.spec = make_deployment()
+        args.fit_hgb = True
+    elif args.spec is None:
+        raise SystemExit("--spec is required with --data-dir")
     env = {**os.environ, "MLOPS_DATA_DIR": str(Path(args.data_dir).resolve()), "MLOPS_SPEC": args.spec}
     env.pop("MLOPS_SPECS", None)
     env.pop("MLOPS_SERVE_TOKEN", None)
