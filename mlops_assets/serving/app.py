@@ -571,11 +571,13 @@ def create_app(
         status = watcher.status
         if status.error:
             out.append(f"registry: {status.error}" if status.registry_error else f"model: {status.error}")
-        if status.ok_at is not None and not status.registry_error:
-            pass
-        elif status.ok_at is not None:
-            age = (dt.datetime.now(dt.UTC) - status.ok_at).total_seconds()
-            if age > STALE_CHECKS * watcher.interval:
+        # A poll that hangs (an MLflow server retrying) records nothing: judge by the last lookup that got an
+        # answer, so a silent registry shows up too.
+        answers = [t for t in (status.ok_at, watcher.last_answer_at) if t is not None]
+        last_ok = max(answers) if answers else status.checked_at
+        if watcher.running and last_ok is not None:
+            age = (dt.datetime.now(dt.UTC) - last_ok).total_seconds()
+            if age > max(STALE_CHECKS * watcher.interval, 30.0):
                 out.append(f"registry: not reached for {age:.0f}s; the alias may have moved since")
         if store_state["problem"]:
             out.append(f"feature store: {store_state['problem']}")

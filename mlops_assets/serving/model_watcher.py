@@ -145,6 +145,7 @@ class ChampionWatcher:
         self._installed_ticket = -1  # ticket of the read that produced `_current` (or confirmed it)
         self._status_ticket = -1  # ticket of the read that `_status` reports
         self._failures: dict[tuple[str, str], _Failure] = {}
+        self.last_answer_at: dt.datetime | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -184,6 +185,7 @@ class ChampionWatcher:
             problem = f"registry unreachable ({type(exc).__name__}); still serving {self._describe(self._current)}"
             self._record(ticket, now, None, problem, registry_error=True)
             return False
+        self.last_answer_at = now  # the registry answered (a load may follow, for a while)
         if info is None:
             # champion_info() answers None both before the first model and when MLflow cannot be asked.
             self._record(ticket, now, None, f"{self.model_uri} is not set (or the registry is unreachable)")
