@@ -218,8 +218,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         lk = lake.lake()
         frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
-        splits = split_days(frame, ds)
-        train = splits["train"]
+        train = split_days(frame, ds)["train"]
         profile = ReferenceProfile.from_frame(train, numeric=ds.numeric_features, categorical=ds.categorical_features)
         prof_key, prof_sha = lk.write_blob("profiles", ds.name, profile.to_json().encode(), ".json")
         decision = evaluation_report["decision"]
@@ -265,7 +264,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 candidate_models["model_uri"],
                 candidate_models["model_sha256"],
                 registry.tracking_uri,
-                splits["holdout"],
+                split_days(frame, ds)["holdout"],
                 ds,
             ),
         }
