@@ -170,10 +170,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mlops_assets.serving.app import serve
+    from mlops_assets.serving.app import ExposureError, serve
 
     _settings(args)
-    serve(host=args.host, port=args.port, poll_seconds=args.poll_seconds)
+    try:
+        serve(
+            host=args.host,
+            port=args.port,
+            poll_seconds=args.poll_seconds,
+            workers=args.workers,
+            access_log=args.access_log,
+        )
+    except ExposureError as exc:
+        print(f"mlops-assets serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -240,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check the alias")
+    sv.add_argument(
+        "--workers", type=int, help="processes sharing the port, each following the alias (default: cores, up to 4)"
+    )
+    sv.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     sv.set_defaults(func=cmd_serve)
     q = sub.add_parser("quarantine", help="list the rows a day refused, with reasons; replay them after a fix")
     common(q)

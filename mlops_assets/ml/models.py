@@ -181,8 +181,46 @@ def log_model(
     )
 
 
+class UnsafeModelError(ValueError):
+    """A model artifact this project will not deserialize: not skops, or skops naming a type outside
+    `SKOPS_TRUSTED_TYPES`. The message names the rule, never a local path."""
+
+
 def load_model(uri: str) -> Any:
-    """Load a model logged by `log_model` (the trusted types travel in its MLmodel file)."""
+    """Load a model logged by `log_model`: through skops with *our* trusted-type list, whatever the MLmodel
+    file says. MLflow's own loader takes the list (and the format: pickle, cloudpickle) from the artifact,
+    so a crafted artifact could whitelist anything; here the MLmodel file only says where the skops file is.
+    `uri` is a local model directory or any URI MLflow can download."""
+    from pathlib import Path
+
+    local = Path(uri)
+    if local.is_dir():
+        return _load_skops_dir(local)
+    import tempfile
+
     import mlflow
 
-    return mlflow.sklearn.load_model(uri)
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as target:
+        return _load_skops_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target)))
+
+
+def _load_skops_dir(local: Any) -> Any:
+    import skops.io
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        flavor = mlmodel["flavors"]["sklearn"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise UnsafeModelError(f"not an MLflow scikit-learn model (MLmodel unreadable: {type(exc).__name__})") from exc
+    fmt = flavor.get("serialization_format")
+    if fmt != "skops":
+        raise UnsafeModelError(f"serialization format {fmt!r} refused: only skops is loaded, never pickle")
+    name = str(flavor.get("pickled_model", ""))
+    path = (local / name).resolve()
+    if not name or local.resolve() not in path.parents or not path.is_file():
+        raise UnsafeModelError("the MLmodel file names no skops file inside the model directory")
+    untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(SKOPS_TRUSTED_TYPES))
+    if untrusted:
+        raise UnsafeModelError(f"the skops file holds types outside the trusted list: {', '.join(untrusted[:10])}")
+    return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)

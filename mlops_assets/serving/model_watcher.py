@@ -6,6 +6,10 @@ scores (or the reverse), and it never waits: the swap is a single reference assi
 downloaded, checked against the checksum recorded at registration and loaded *before* the swap; if any of
 that fails the old model keeps serving and the error is kept for `/model` to show. No lock is held while a
 model loads: a slow download must not stall requests or the thread that answers `/health`.
+
+What the service says about a failure is written for whoever calls it: `status.error` names the version and
+the rule it broke (checksum, format, untrusted type, cannot score), never a local path, a run id or an
+exception's text; the full exception goes to the log.
 """
 
 from __future__ import annotations
@@ -26,13 +30,18 @@ DEFAULT_INTERVAL_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 300.0
 
 
+class ModelRefused(ValueError):
+    """A version the service will not serve; the message is safe to show to a client."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
-    """What answers requests: a version and its loaded model, always together."""
+    """What answers requests: a version, its loaded model and the scorer built from it, always together."""
 
     info: ChampionInfo
     model: Any
     loaded_at: dt.datetime
+    scoring: Any = None  # `serving.scoring.Scoring`; None: score with the model itself
 
     @property
     def name(self) -> str:
@@ -52,6 +61,8 @@ class RefreshStatus:
     alias_version: str | None = None
     error: str | None = None
     error_at: dt.datetime | None = None
+    ok_at: dt.datetime | None = None  # the last lookup that reached the registry
+    registry_error: bool = False  # the last lookup did not reach the registry (as opposed to a refused model)
 
 
 @dataclass
@@ -72,6 +83,19 @@ def artifact_uri(info: ChampionInfo) -> str:
     return info.source or info.model_uri
 
 
+def public_reason(exc: BaseException) -> str:
+    """Why a version was refused, in words safe for a client: the rule, not the exception's text (which may
+    hold paths, URIs or run ids; it goes to the log)."""
+    from mlops_assets.ml.models import UnsafeModelError
+    from mlops_assets.storage.models import ArtifactIntegrityError
+
+    if isinstance(exc, ArtifactIntegrityError):
+        return "its artifact checksum does not match the one recorded at registration"
+    if isinstance(exc, UnsafeModelError | ModelRefused):
+        return str(exc)
+    return f"it failed to load ({type(exc).__name__})"
+
+
 def verified_loader(registry: ModelRegistryResource) -> Callable[[ChampionInfo], Any]:
     """The production loader: download the version's artifact, check it against the checksum recorded at
     registration, then deserialize (all in `storage.models.load_verified`, the one door models come in by)."""
@@ -80,10 +104,7 @@ def verified_loader(registry: ModelRegistryResource) -> Callable[[ChampionInfo],
         from mlops_assets.storage.models import load_verified
 
         if not info.tags.get("mlops.model_sha256"):
-            raise ValueError(
-                f"{info.model_uri} has no `mlops.model_sha256` tag, so its artifact cannot be verified; "
-                "refusing to load it"
-            )
+            raise ModelRefused("it has no recorded checksum (`mlops.model_sha256`), so it cannot be verified")
         return load_verified(artifact_uri(info), info.model_sha256, registry.tracking_uri).model
 
     return load
@@ -104,6 +125,7 @@ class ChampionWatcher:
         *,
         interval: float = DEFAULT_INTERVAL_SECONDS,
         loader: Callable[[ChampionInfo], Any] | None = None,
+        prepare: Callable[[ChampionInfo, Any], Any] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval}")
@@ -111,6 +133,10 @@ class ChampionWatcher:
         self.model_name = model_name
         self.interval = float(interval)
         self._load = loader or verified_loader(registry)
+        # Builds what scores (a compiled scorer proven equal, or the plain model) before the swap; raising
+        # refuses the version like a failed load. Cached per (version, checksum): a rollback is instant.
+        self._prepare = prepare
+        self._prepared: dict[tuple[str, str], Any] = {}
         self._current: ServedModel | None = None
         self._status = RefreshStatus()
         # Guards only the bookkeeping below (a counter compare and two assignments), never a load.
@@ -119,6 +145,7 @@ class ChampionWatcher:
         self._installed_ticket = -1  # ticket of the read that produced `_current` (or confirmed it)
         self._status_ticket = -1  # ticket of the read that `_status` reports
         self._failures: dict[tuple[str, str], _Failure] = {}
+        self.last_answer_at: dt.datetime | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -154,9 +181,11 @@ class ChampionWatcher:
         try:
             info = self.registry.champion_info(self.model_name)
         except Exception as exc:  # any registry failure: keep serving
-            problem = f"could not resolve {self.model_uri}: {type(exc).__name__}: {exc}"
-            self._record(ticket, now, None, problem)
+            log.warning("could not resolve %s: %s: %s", self.model_uri, type(exc).__name__, exc)
+            problem = f"registry unreachable ({type(exc).__name__}); still serving {self._describe(self._current)}"
+            self._record(ticket, now, None, problem, registry_error=True)
             return False
+        self.last_answer_at = now  # the registry answered (a load may follow, for a while)
         if info is None:
             # champion_info() answers None both before the first model and when MLflow cannot be asked.
             self._record(ticket, now, None, f"{self.model_uri} is not set (or the registry is unreachable)")
@@ -177,17 +206,23 @@ class ChampionWatcher:
 
         try:
             model = self._load(info)  # the slow part: download, verify, deserialize; no lock held
+            scoring = self._prepared.get(key)
+            if scoring is None and self._prepare is not None:
+                scoring = self._prepare(info, model)
+                if len(self._prepared) >= 8:
+                    self._prepared.pop(next(iter(self._prepared)))
+                self._prepared[key] = scoring
         except Exception as exc:  # a bad version never stops the old one
-            msg = f"v{info.version} refused, still serving {self._describe(self._current)}: {exc}"
+            msg = f"v{info.version} refused: {public_reason(exc)}; still serving {self._describe(self._current)}"
             attempts = failure.attempts + 1 if failure else 1
             delay = min(self.interval * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
             self._failures[key] = _Failure(attempts, time.monotonic() + delay, msg)
             if failure is None or failure.message != msg:
-                log.error("%s", msg)
+                log.error("%s (%s: %s)", msg, type(exc).__name__, exc)
             self._record(ticket, now, info.version, msg)
             return False
 
-        new = ServedModel(info=info, model=model, loaded_at=dt.datetime.now(dt.UTC))
+        new = ServedModel(info=info, model=model, loaded_at=dt.datetime.now(dt.UTC), scoring=scoring)
         with self._swap_lock:
             if ticket < self._installed_ticket:
                 # A refresh that read the registry after us has already installed (or confirmed) a model.
@@ -201,7 +236,15 @@ class ChampionWatcher:
         log.info("now serving %s v%s (was %s)", self.model_name, info.version, self._describe(previous))
         return True
 
-    def _record(self, ticket: int, at: dt.datetime, alias_version: str | None, error: str | None) -> None:
+    def _record(
+        self,
+        ticket: int,
+        at: dt.datetime,
+        alias_version: str | None,
+        error: str | None,
+        *,
+        registry_error: bool = False,
+    ) -> None:
         with self._swap_lock:
             if ticket < self._status_ticket:
                 return  # a later lookup has already reported; an overlapping slow one must not overwrite it
@@ -209,7 +252,14 @@ class ChampionWatcher:
             prev = self._status
             # error_at says since when the *same* problem persists, which is what an operator wants to know.
             error_at = (prev.error_at if error == prev.error else at) if error else None
-            self._status = RefreshStatus(checked_at=at, alias_version=alias_version, error=error, error_at=error_at)
+            self._status = RefreshStatus(
+                checked_at=at,
+                alias_version=alias_version,
+                error=error,
+                error_at=error_at,
+                ok_at=prev.ok_at if registry_error else at,
+                registry_error=registry_error,
+            )
 
     @staticmethod
     def _describe(served: ServedModel | None) -> str:

@@ -9,6 +9,7 @@ or a locked feature store behave here as they do in production.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import threading
@@ -224,9 +225,11 @@ def test_no_request_fails_while_the_model_is_swapped(world: World, client: TestC
     for t in threads:
         t.start()
     try:
-        for target in [world.logistic, world.baseline, world.logistic, world.baseline]:
+        # six swaps: promotions and rollbacks, each recorded as the registry records them
+        for i, target in enumerate([world.logistic, world.baseline] * 3):
             time.sleep(0.15)
-            world.move(target)
+            kind = "promote" if i % 2 == 0 else "rollback"
+            world.registry.move_champion(world.spec.model_name, target, reason="swap", actor="test_api", kind=kind)
             assert watcher.refresh() is True
         time.sleep(0.15)
     finally:
@@ -419,3 +422,162 @@ def test_predict_by_entity_from_redis_over_the_parquet_store(world: World, tmp_p
     finally:
         for k in keys.scan_iter(match=namespace):
             keys.delete(k)
+
+
+# --- speed path, exposure, degraded service ------------------------------------------------------------------
+TOKEN = "t0ken-for-tests-0123456789"
+
+
+def test_the_champion_is_scored_by_its_proven_compiled_path(world: World, client: TestClient) -> None:
+    world.move(world.logistic)
+    assert client.app.state.watcher.refresh() is True  # type: ignore[attr-defined]
+    info = client.get("/model").json()
+    assert info["scorer"] == "compiled" and "proven" in info["scorer_note"], info
+    assert client.get("/health").json()["scorer"] == "compiled"
+    body = client.post("/predict", json={"rows": PAYLOAD}).json()
+    assert body["model_version"] == world.logistic
+    np.testing.assert_allclose(body["scores"], world.expected[world.logistic], rtol=0, atol=1e-6)
+    plain = create_app(world.settings, poll_seconds=3600, compile_models=False)
+    with TestClient(plain) as c:
+        assert c.get("/model").json()["scorer"] == "plain"
+        np.testing.assert_allclose(c.post("/predict", json={"rows": PAYLOAD}).json()["scores"], body["scores"])
+
+
+def test_every_bad_request_is_a_4xx_that_names_the_problem(world: World) -> None:
+    world.move(world.baseline)
+    app = create_app(world.settings, poll_seconds=3600, token=TOKEN, max_body_bytes=4096)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(app) as c:
+        assert c.post("/predict", json={"rows": PAYLOAD}, headers=auth).status_code == 200
+        missing = c.post("/predict", json={"rows": PAYLOAD})
+        assert missing.status_code == 401 and "missing bearer token" in missing.json()["detail"]
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = c.get("/model", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid bearer token"
+        assert c.get("/health").status_code == 401  # nothing answers without the token once one is set
+
+        big = c.post("/predict", json={"rows": PAYLOAD * 100}, headers=auth)
+        assert big.status_code == 413 and "over the 4096-byte limit" in big.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the cap counts what streams in
+            yield b'{"rows": ['
+            for _ in range(100):
+                yield json.dumps(PAYLOAD[0]).encode() + b","
+            yield b"{}]}"
+
+        streamed = c.post("/predict", content=chunks(), headers={**auth, "Content-Type": "application/json"})
+        assert streamed.status_code == 413 and "limit" in streamed.json()["detail"]
+
+        many = {**PAYLOAD[0], **{f"k{i}": 1 for i in range(40)}}
+        keys = c.post("/predict", json={"rows": [many]}, headers=auth)
+        assert keys.status_code == 422
+        assert any("43 keys; at most 19 are read" in e["msg"] for e in keys.json()["detail"]), keys.json()
+        for row, expected in [
+            ({**PAYLOAD[0], "colour": "red"}, "unknown feature 'colour'"),
+            ({**PAYLOAD[0], "x": "high"}, "feature 'x' is numeric"),
+        ]:
+            r = c.post("/predict", json={"rows": [row]}, headers=auth)
+            assert r.status_code == 422 and any(expected in e["msg"] for e in r.json()["detail"])
+
+
+def test_serving_beyond_loopback_needs_a_token(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlops_assets.cli import main
+    from mlops_assets.serving.app import ExposureError, check_exposure
+
+    check_exposure("127.0.0.1", None)
+    check_exposure("::1", None)
+    check_exposure("0.0.0.0", TOKEN)
+    for host in ("0.0.0.0", "10.1.2.3", "serving.example"):
+        with pytest.raises(ExposureError, match="MLOPS_SERVE_TOKEN"):
+            check_exposure(host, None)
+    with pytest.raises(ExposureError, match="at least 16 characters"):
+        check_exposure("127.0.0.1", "short")
+    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)
+    spec = str(world.settings.spec_path)
+    assert main(["serve", "--spec", spec, "--host", "0.0.0.0", "--port", "8190"]) == 2  # refused before binding
+
+
+def test_model_and_errors_leak_no_paths_or_run_ids(world: World, client: TestClient) -> None:
+    client_ = world.registry.client
+    client_.set_model_version_tag(world.spec.model_name, world.logistic, "mlops.dagster_run_id", "abc123run")
+    client_.set_model_version_tag(world.spec.model_name, world.logistic, "mlops.training_dataset_key", "/lake/x")
+    try:
+        world.move(world.logistic)
+        watcher = client.app.state.watcher  # type: ignore[attr-defined]
+        assert watcher.refresh() is True
+        world.move(world.tampered)
+        assert watcher.refresh() is False
+        text = client.get("/model").text + client.get("/health").text
+        assert "checksum" in text and f"v{world.tampered} refused" in text
+        data_dir = str(world.settings.data_dir)
+        for secret in ("abc123run", "/lake/x", data_dir, "file:", "runs:/", "Traceback"):
+            assert secret not in text, secret
+        info = client.get("/model").json()
+        assert "mlops.dagster_run_id" not in info["tags"] and info["tags"]["mlops.metric"] == "roc_auc"
+    finally:
+        client_.delete_model_version_tag(world.spec.model_name, world.logistic, "mlops.dagster_run_id")
+        client_.delete_model_version_tag(world.spec.model_name, world.logistic, "mlops.training_dataset_key")
+        world.move(world.baseline)
+
+
+def test_a_model_that_cannot_score_is_refused_and_the_last_good_one_serves(world: World, client: TestClient) -> None:
+    """A version fitted on other columns than the spec's (a model registered under the wrong name) loads
+    and passes its checksum, but cannot score the spec's rows: refused, with the reason, and never served."""
+    X, y = _training_frame(world.spec)
+    renamed = X[["x", "kind"]].rename(columns={"x": "speed"})
+    other = build_model("logistic", {}, task="classification", numeric=["speed"], categorical=["kind"], seed=0)
+    other.fit(renamed, y)
+    experiment_id = ensure_experiment(
+        world.settings.mlflow_tracking_uri, world.spec.name, world.settings.mlflow_artifact_root
+    )
+    mlflow.set_tracking_uri(world.settings.mlflow_tracking_uri)
+    wrong, _ = _register(world.registry, world.spec, experiment_id, other, renamed, {"mlops.is_baseline": "false"})
+    watcher = client.app.state.watcher  # type: ignore[attr-defined]
+    world.move(wrong)
+    try:
+        assert watcher.refresh() is False
+        health = client.get("/health").json()
+        assert health["model_version"] == world.baseline and health["status"] == "degraded"
+        assert any(f"v{wrong} refused: it cannot score a row of the spec's features" in p for p in health["problems"])
+        assert client.post("/predict", json={"rows": PAYLOAD}).json()["model_version"] == world.baseline
+    finally:
+        world.move(world.baseline)
+
+
+def test_degraded_not_down_when_the_registry_and_the_store_are_unreachable(
+    world: World, client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = client.app.state.watcher  # type: ignore[attr-defined]
+    assert client.get("/health").json()["status"] == "ok"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    good = watcher.registry
+    watcher.registry = ModelRegistryResource(tracking_uri="http://127.0.0.1:8197", artifact_root=str(tmp_path))
+    try:
+        assert watcher.refresh() is False
+        health = client.get("/health")
+        assert health.status_code == 200, health.text  # still serving: a balancer keeps sending traffic
+        body = health.json()
+        assert body["status"] == "degraded" and body["model_version"] == world.baseline
+        assert any(p.startswith("registry: registry unreachable") for p in body["problems"]), body
+        assert "8197" not in health.text  # where the registry lives is not the client's business
+        assert client.post("/predict", json={"rows": PAYLOAD}).status_code == 200
+    finally:
+        watcher.registry = good
+    assert watcher.refresh() is False and client.get("/health").json()["status"] == "ok"
+
+    # The production store with its Redis gone: entity lookups are a 503 naming it, /health says so,
+    # full-row predictions go on.
+    settings = world.settings.model_copy(
+        update={
+            "feature_store": "parquet",
+            "lake_uri": str(tmp_path / "lake"),
+            "online_redis_url": "redis://127.0.0.1:8196/0",
+        }
+    )
+    with TestClient(create_app(settings, poll_seconds=3600)) as c:
+        r = c.get("/predict/u")
+        assert r.status_code == 503 and "unreachable" in r.json()["detail"] and "8196" not in r.text
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and any(p.startswith("feature store:") for p in health["problems"])
+        assert c.post("/predict", json={"rows": PAYLOAD}).status_code == 200

@@ -22,6 +22,8 @@ from mlops_assets.defs.resources import (
 )
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
+from mlops_assets.serving.compiled import registration_tags
+from mlops_assets.serving.scoring import scorer_tags
 from mlops_assets.storage.models import artifact_digest
 
 GROUP = "registry"
@@ -178,6 +180,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "mlops.spec_hash": ds.spec_hash,
                 "mlops.dagster_run_id": context.run_id,
                 "mlops.gate": "first_model",
+                **registration_tags(model, X, ds.numeric_features, ds.categorical_features),
             },
         )
         outcome = registry.move_champion(
@@ -262,6 +265,14 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             # version only if it still names that one.
             "mlops.compared_with": str(evaluation_report["champion_version"] or "none"),
             "mlops.cpu_seconds": f"{candidate_models['cpu_seconds']:.2f}",
+            # How the online API will score it: compiled only if proven equal on this hold-out.
+            **scorer_tags(
+                candidate_models["model_uri"],
+                candidate_models["model_sha256"],
+                registry.tracking_uri,
+                split_days(frame, ds)["holdout"],
+                ds,
+            ),
         }
         mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
         context.log.info(f"registered {ds.model_name} v{mv.version} (gate: {decision['status']})")

@@ -107,6 +107,9 @@ def test_the_version_has_a_signature_an_input_example_and_its_metrics(world: Wor
     assert 0.5 < float(tags["mlops.holdout_metric"]) < 1.0 and 0.5 < float(tags["mlops.valid_metric"]) < 1.0
     assert tags["mlops.metric"] == spec.metric and tags["mlops.gate"] == "first_model"
     assert tags["mlops.model_sha256"] == artifact_digest(world.champion.model_uri, world.settings.mlflow_tracking_uri)
+    # proven at registration on the gate's hold-out: the online API may score it by the compiled path
+    assert tags["mlops.scorer"] == "compiled", tags.get("mlops.scorer_reason")
+    assert float(tags["mlops.scorer_max_abs_diff"]) <= 1e-6 and int(tags["mlops.scorer_rows"]) > 0
 
 
 def test_the_sweep_and_every_trial_are_mlflow_runs_with_params_metrics_and_cost(world: World) -> None:
