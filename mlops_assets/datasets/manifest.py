@@ -26,7 +26,7 @@ from mlops_assets.config import DatasetSpec
 from mlops_assets.datasets.sources import SourceFile, file_sha256
 from mlops_assets.storage.lake import Backend
 
-VERSION = 1
+VERSION = 2
 AREA = "manifests"
 
 
@@ -46,11 +46,12 @@ def manifest_key(dataset: str) -> str:
     return f"{AREA}/{dataset}/source.json"
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(SourceFile) if f.name != "local")
+# what is stored per file: the key is its name, and its columns come from the scan of the day that reads it
+_FIELDS = tuple(f.name for f in dataclasses.fields(SourceFile) if f.name not in ("local", "path", "columns"))
 
 
 def _entry(raw: dict[str, Any]) -> SourceFile:
-    return SourceFile(**{k: v for k, v in raw.items() if k in _FIELDS})
+    return SourceFile(path="", **{k: v for k, v in raw.items() if k in _FIELDS})
 
 
 def _raw(info: SourceFile) -> dict[str, Any]:
@@ -93,15 +94,14 @@ class SourceManifest:
         files = doc.get("files", {})
         return files if isinstance(files, dict) else {}
 
-    def elsewhere(self, name: str, local: Path, day: dt.date) -> bool:
-        """True when the file is as the manifest knows it and has nothing for `day`: no rows of it, no problem
-        that blocks it, and rows of some day (a file with none is named when a day has no rows). The fast path
-        of every file on every day: a stat and two lookups."""
+    def elsewhere(self, name: str, size: int, mtime_ns: int, day: dt.date) -> bool:
+        """True when the file (of this size and mtime, from the listing) is as the manifest knows it and has
+        nothing for `day`: no rows of it, no problem that blocks it, and rows of some day (a file with none is
+        named when a day has no rows). The fast path of every file on every day: a few lookups."""
         raw = self.entries.get(name)
         if raw is None or raw.get("problem") or not raw.get("days") or day.isoformat() in raw["days"]:
             return False
-        st = local.stat()
-        return (raw.get("size"), raw.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
+        return raw.get("size") == size and raw.get("mtime_ns") == mtime_ns
 
     def days_held(self) -> set[str]:
         return {d for raw in self.entries.values() for d in raw.get("days", {})}
@@ -121,12 +121,11 @@ class SourceManifest:
         entry = _entry(raw)
         entry.path = str(local)
         entry.days = dict(entry.days)
-        entry.columns = list(entry.columns)
         return entry
 
     def record(self, name: str, info: SourceFile) -> None:
         new = _raw(info)
-        new["days"], new["columns"] = dict(info.days), list(info.columns)
+        new["days"] = dict(info.days)
         if self.entries.get(name) != new:
             self.entries[name] = new
             self.changed.add(name)
