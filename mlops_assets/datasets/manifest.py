@@ -16,7 +16,6 @@ update to a concurrent run, only costs reading some files whole again, never a w
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -94,14 +93,14 @@ class SourceManifest:
         files = doc.get("files", {})
         return files if isinstance(files, dict) else {}
 
-    def elsewhere(self, name: str, size: int, mtime_ns: int, day: dt.date) -> bool:
+    def elsewhere(self, name: str, size: int, mtime_ns: int, day: str) -> bool:
         """True when the file (of this size and mtime, from the listing) is as the manifest knows it and has
         nothing for `day`: no rows of it, no problem that blocks it, and rows of some day (a file with none is
-        named when a day has no rows). The fast path of every file on every day: a few lookups."""
+        named when a day has no rows; `day` is ISO). The fast path of every file on every day: a few lookups."""
         raw = self.entries.get(name)
-        if raw is None or raw.get("problem") or not raw.get("days") or day.isoformat() in raw["days"]:
+        if raw is None or raw["problem"] or not raw["days"] or day in raw["days"]:
             return False
-        return raw.get("size") == size and raw.get("mtime_ns") == mtime_ns
+        return raw["size"] == size and raw["mtime_ns"] == mtime_ns
 
     def days_held(self) -> set[str]:
         return {d for raw in self.entries.values() for d in raw.get("days", {})}

@@ -687,8 +687,9 @@ def read_delivery(spec: DatasetSpec, day: dt.date, manifest: SourceManifest | No
     rows, orphans, cuts, infos, problems = [], [], [], [], []
     idle: list[SourceFile] = []  # files with no rows at all (empty, header only): named only on a day with none
     indexed = 0
+    iso = day.isoformat()
     for local_path, name, size, mtime_ns in listing:
-        if book.elsewhere(name, size, mtime_ns, day):  # the usual case for all files but the day's own
+        if book.elsewhere(name, size, mtime_ns, iso):  # the usual case for all files but the day's own
             continue
         local = Path(local_path)
         entry = book.current(name, local)
