@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
+from mlops_assets import stopping
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings, load_spec
 from mlops_assets.defs import names
 from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_REASON, TAG_TRIGGER
@@ -63,6 +64,7 @@ class ReplayResult:
     retrains: list[dict[str, Any]]
     wall_seconds: float
     home: Path
+    stopped: str = ""  # the signal that stopped the replay early ("SIGTERM", "SIGINT"); "" when it ran to the end
 
 
 def instance_template() -> Path:
@@ -94,6 +96,7 @@ def forget_dataset(settings: Settings, spec: DatasetSpec) -> None:
 
     store = duckdb_file(settings.data_dir, spec.name)
     doomed = [store, store.with_suffix(".duckdb.wal"), store.with_suffix(".duckdb.tmp")]
+    doomed += [stopping.state_path(settings.data_dir, spec.name)]
     doomed += [settings.data_dir / "io" / spec.name]
     lake = settings.data_dir / "lake"
     if not settings.lake_uri.startswith("s3://") and lake.is_dir():
@@ -156,7 +159,12 @@ def replay(
     fresh: bool = True,
     on_day: Callable[[DayRecord], None] | None = None,
     execute: Execute | None = None,
+    resume: bool = False,
 ) -> ReplayResult:
+    """Replay the days; SIGTERM or Ctrl-C stops it at once, leaving the instance consistent (see `stopping`),
+    and `resume` continues after the last complete day of a replay that was stopped."""
+    import uuid
+
     import mlflow
 
     from mlops_assets.definitions import build_defs
@@ -179,59 +187,85 @@ def replay(
         )
         return res.run_id, res.success
 
-    run = execute or in_process
+    session = uuid.uuid4().hex[:12]  # tags every run this replay launches: what a stop has to settle
+
+    def run(
+        instance: dg.DagsterInstance, job_name: str, run_config: dict[str, Any], tags: dict[str, str], pk: str | None
+    ) -> tuple[str, bool]:
+        return (execute or in_process)(instance, job_name, run_config, {**tags, stopping.SESSION_TAG: session}, pk)
+
     records: list[DayRecord] = []
     retrains: list[dict[str, Any]] = []
     launched: set[str] = set()
+    cursor: str | None = None
+    state_file = stopping.state_path(settings.data_dir, spec.name)
+    state = stopping.load_state(state_file) if resume else None
+    if state is not None:  # continue after the last complete day, with the sensor's cursor as it was then
+        records = [DayRecord(**r) for r in state["days"]]
+        retrains = [r.retrain for r in records if r.retrain]
+        launched, cursor = set(state["launched"]), state["cursor"]
+        days_range = [d for d in days_range if d > state["last_complete_day"]]
     t0 = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
-        _, booted = run(instance, names.job_name(spec.name, "bootstrap_job"), QUIET, {}, None)
-        if not booted:
-            raise RuntimeError(f"{spec.name}: the bootstrap run failed; see its run in the instance")
-        cursor = None
-        for day in days_range:
-            pk = day.isoformat()
-            t = time.perf_counter()
-            run_id, ok = run(instance, daily.name, QUIET, {}, pk)
-            wall = time.perf_counter() - t
-            steps = _step_seconds(instance, run_id)
-            raw_md = _latest_metadata(instance, names.asset_key(spec.name, "raw_batches"), pk)
-            drift_md = _latest_metadata(instance, names.asset_key(spec.name, "drift_report"), pk)
-            perf_md = _latest_metadata(instance, names.asset_key(spec.name, "performance_report"), pk)
-            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=sensor_name)
-            ctx.log.setLevel(logging.WARNING)  # the decision goes to the summary and the bar, not a line a day
-            result = sensor(ctx)
-            assert isinstance(result, dg.SensorResult)
-            cursor = result.cursor
-            retrain_info = None
-            if result.run_requests:
-                rr = result.run_requests[0]
-                decision = rr.tags.get(TAG_REASON, "retrain")
-                if rr.run_key not in launched:
-                    launched.add(rr.run_key or "")
-                    retrain_info = _run_retrain(instance, run, retrain.name, rr, day, spec.name, sensor_name)
-                    retrains.append(retrain_info)
-                    mlflow.end_run()  # dagster-mlflow leaves the run active in this process on a skipped step
-            else:
-                decision = (result.skip_reason.skip_message if result.skip_reason else None) or "skip"
-            rec = DayRecord(
-                day=day,
-                ok=ok,
-                wall_seconds=wall,
-                step_seconds=steps,
-                drift_share=drift_md.get("drift_share") if drift_md.get("tested") else None,
-                drift_detected=bool(drift_md.get("drift_detected", False)),
-                decay_detected=bool(perf_md.get("decay_detected", False)),
-                window_metric=perf_md.get("window_value"),
-                champion_version=drift_md.get("champion_version"),
-                decision=decision or "",
-                retrain=retrain_info,
-                problems=list(raw_md.get("problems") or []),
-            )
-            records.append(rec)
-            if on_day:
-                on_day(rec)
-    return ReplayResult(spec, settings, records, retrains, time.perf_counter() - t0, home)
+    with dg.DagsterInstance.get() as instance, stopping.stop_on_signals() as stop:
+        try:
+            if state is None:
+                _, booted = run(instance, names.job_name(spec.name, "bootstrap_job"), QUIET, {}, None)
+                if not booted and not stop.requested():
+                    raise RuntimeError(f"{spec.name}: the bootstrap run failed; see its run in the instance")
+            for day in days_range:
+                if stop.requested():  # a signal Dagster took while a run executed: stop at the day boundary
+                    break
+                pk = day.isoformat()
+                t = time.perf_counter()
+                run_id, ok = run(instance, daily.name, QUIET, {}, pk)
+                wall = time.perf_counter() - t
+                if stop.requested():  # the day's run was interrupted, or the rest of the day would be
+                    break
+                steps = _step_seconds(instance, run_id)
+                raw_md = _latest_metadata(instance, names.asset_key(spec.name, "raw_batches"), pk)
+                drift_md = _latest_metadata(instance, names.asset_key(spec.name, "drift_report"), pk)
+                perf_md = _latest_metadata(instance, names.asset_key(spec.name, "performance_report"), pk)
+                ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=sensor_name)
+                ctx.log.setLevel(logging.WARNING)  # the decision goes to the summary and the bar, not a line a day
+                result = sensor(ctx)
+                assert isinstance(result, dg.SensorResult)
+                cursor = result.cursor
+                retrain_info = None
+                if result.run_requests:
+                    rr = result.run_requests[0]
+                    decision = rr.tags.get(TAG_REASON, "retrain")
+                    if rr.run_key not in launched:
+                        launched.add(rr.run_key or "")
+                        retrain_info = _run_retrain(instance, run, retrain.name, rr, day, spec.name, sensor_name)
+                        retrains.append(retrain_info)
+                        mlflow.end_run()  # dagster-mlflow leaves the run active in this process on a skipped step
+                else:
+                    decision = (result.skip_reason.skip_message if result.skip_reason else None) or "skip"
+                if stop.requested():  # the retrain was interrupted: the day is not complete
+                    break
+                rec = DayRecord(
+                    day=day,
+                    ok=ok,
+                    wall_seconds=wall,
+                    step_seconds=steps,
+                    drift_share=drift_md.get("drift_share") if drift_md.get("tested") else None,
+                    drift_detected=bool(drift_md.get("drift_detected", False)),
+                    decay_detected=bool(perf_md.get("decay_detected", False)),
+                    window_metric=perf_md.get("window_value"),
+                    champion_version=drift_md.get("champion_version"),
+                    decision=decision or "",
+                    retrain=retrain_info,
+                    problems=list(raw_md.get("problems") or []),
+                )
+                records.append(rec)
+                stopping.save_state(state_file, last_day=day, cursor=cursor, launched=launched, records=records)
+                if on_day:
+                    on_day(rec)
+        except KeyboardInterrupt:
+            stop.requested()
+        if stop.signal is not None:
+            stopping.settle_in_flight(instance, session, stop.name)
+    return ReplayResult(spec, settings, records, retrains, time.perf_counter() - t0, home, stop.name)
 
 
 def _run_retrain(

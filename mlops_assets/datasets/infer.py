@@ -342,12 +342,15 @@ def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
 # --- validate: the spec against its data ---------------------------------------------------------------------
 
 
-def _sample(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
-    """Up to SAMPLE_ROWS rows of the source as delivered (text for a CSV file, as the pipeline reads it)."""
+def _sample(spec: DatasetSpec, broken: set[str] | None = None) -> tuple[pd.DataFrame, str]:
+    """Up to SAMPLE_ROWS rows of the source as delivered (text for a CSV file, as the pipeline reads it), from
+    its first file that has no problem of its own (`broken`: those are reported file by file)."""
     from mlops_assets.datasets.sources import named_source_files, read_source_file
 
     src = spec.source
     named = named_source_files(src)
+    if broken and any(n not in broken for _, n in named):
+        named = [(p, n) for p, n in named if n not in broken]
     files, names = [p for p, _ in named], [n for _, n in named]
     if not files:
         where = f"s3://{src.bucket}/{src.prefix or ''}" if src.kind == "s3" else src.path
@@ -387,14 +390,18 @@ def _err(exc: Exception) -> str:
 def check_spec_data(spec: DatasetSpec) -> list[str]:
     """Every problem between the spec and its data, each as "key: what is wrong (what was expected)"."""
     from mlops_assets.datasets.sources import read_table
+    from mlops_assets.datasets.validate import check_source_files
 
     problems: list[str] = []
+    file_problems: list[str] = []
     try:
-        raw, where = _sample(spec)
+        # every file read strictly first: a folder with one broken drop in forty must not pass on a sample
+        file_problems, broken = check_source_files(spec)
+        raw, where = _sample(spec, broken)
     except Exception as exc:  # any failure to read the source is the problem to report
-        return [f"source: cannot read the data: {_err(exc)}"]
+        return [*file_problems, f"source: cannot read the data: {_err(exc)}"]
     if raw.empty:
-        return [f"source: {where} has no rows"]
+        return [*file_problems, f"source: {where} has no rows"]
     cols = [c for c in raw.columns if not str(c).startswith("_")]
     for c in spec.schema_:
         if c not in cols:
@@ -518,7 +525,7 @@ def check_spec_data(spec: DatasetSpec) -> list[str]:
         con.close()
     if not problems:
         problems += _check_feature_sql(spec, raw, where)
-    return problems
+    return file_problems + problems
 
 
 def _check_expr(con: duckdb.DuckDBPyConnection, key: str, expr: str, kind: str) -> list[str]:

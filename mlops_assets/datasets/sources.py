@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fnmatch
 import gzip
 import hashlib
 import importlib.util
+import io
+import os
 import sysconfig
+import threading
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
@@ -39,6 +44,9 @@ import pyarrow.csv as pacsv
 
 from mlops_assets.config import DatasetSpec, SourceSpec
 from mlops_assets.datasets.s3_source import S3SourceError, mirror, mirror_dir, s3_client
+
+if TYPE_CHECKING:
+    from mlops_assets.datasets.manifest import SourceManifest
 
 TIMEZONE = "UTC"
 SOURCE_FILE_COLUMN = "_source_file"
@@ -74,10 +82,24 @@ class SourceFile:
     columns: list[str] = field(default_factory=list)
     note: str = ""  # "empty file (0 bytes)", "header only", "unreadable: ..."
     local: str = ""  # where the bytes were read from, when `path` names a remote object (s3://...)
+    # What one full pass over the file found, kept in the source manifest by checksum so that a later day
+    # reads only the files that can hold it: rows per day of the dataset's days ("YYYY-MM-DD" -> rows), and a
+    # file-level problem (cut off mid-row, unreadable) with its reach: the days the file holds, or every day
+    # when the file's days cannot be known.
+    days: dict[str, int] = field(default_factory=dict)
+    problem: str = ""
+    blocks_all: bool = False
+    mtime_ns: int = 0
 
     def describe(self) -> str:
         what = self.note or f"{self.rows} rows"
         return f"{self.path} ({what})"
+
+    def holds(self, day: dt.date) -> bool:
+        return day.isoformat() in self.days
+
+    def blocks(self, day: dt.date) -> bool:
+        return bool(self.problem) and (self.blocks_all or self.holds(day))
 
 
 @dataclass
@@ -90,6 +112,12 @@ class Delivery:
     files: list[SourceFile]
     orphans: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    # lines of a file cut off mid-row: quarantined with the day the cut blocks, never as rows of no day
+    cut: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # when no file holds the day: what the other files of the source hold, so the message says where to look
+    elsewhere: str = ""
+    files_in_source: int = 0
+    files_indexed: int = 0  # files read whole this time because the manifest had not seen them (or they changed)
 
     @property
     def file_columns(self) -> dict[str, list[str]]:
@@ -171,6 +199,27 @@ def named_source_files(source: SourceSpec) -> list[tuple[Path, str]]:
         raise SourceError(str(exc)) from exc
 
 
+def _stamped_files(source: SourceSpec) -> list[tuple[str, str, int, int]]:
+    """(local path, name, size, mtime_ns) of every file of the source, as cheaply as the OS allows: every day
+    lists the whole source, so a folder of daily drops must cost one directory read and a stat per file, no
+    more (no Path objects: building 400 of them costs more than the stats)."""
+    if source.kind == "folder" and source.path and "/" not in source.pattern and "**" not in source.pattern:
+        if not os.path.isdir(source.path):
+            raise SourceError(f"{source.path}: the source folder does not exist")
+        out = []
+        with os.scandir(source.path) as entries:
+            for e in entries:
+                if not e.name.startswith(".") and fnmatch.fnmatchcase(e.name, source.pattern) and e.is_file():
+                    st = e.stat()
+                    out.append((e.path, e.path, st.st_size, st.st_mtime_ns))
+        return sorted(out)
+    stamped = []
+    for p, name in named_source_files(source):
+        st = os.stat(p)
+        stamped.append((str(p), name, st.st_size, st.st_mtime_ns))
+    return stamped
+
+
 def source_files(source: SourceSpec) -> list[Path]:
     """The local files to read (for an S3 prefix, the mirrored copies)."""
     return [p for p, _ in named_source_files(source)]
@@ -191,6 +240,15 @@ def _local_files(source: SourceSpec) -> list[Path]:
         folder = Path(source.path)
         if not folder.is_dir():
             raise SourceError(f"{folder}: the source folder does not exist")
+        if "/" not in source.pattern and "**" not in source.pattern:
+            # one directory read (the entry types come with it): a day must not pay a stat per file to list
+            with os.scandir(folder) as entries:
+                found = sorted(
+                    e.path
+                    for e in entries
+                    if not e.name.startswith(".") and fnmatch.fnmatchcase(e.name, source.pattern) and e.is_file()
+                )
+            return [Path(p) for p in found]
         return sorted(p for p in folder.glob(source.pattern) if p.is_file() and not p.name.startswith("."))
     raise SourceError(f"unknown source kind {source.kind!r}")
 
@@ -231,10 +289,26 @@ def event_time_sql(spec: DatasetSpec, columns: list[str], table: str) -> str:
     )
 
 
+_DATABASE: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_DATABASE_LOCK = threading.Lock()
+
+
+def _database() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB database per process. Opening a database costs 50-90 ms on 2 cores, and the readers
+    and the validator open one per file and per timestamp column: a fixed cost of every day. A cursor on a shared
+    database costs about 1 ms and is as isolated (its own registered tables, its own settings)."""
+    global _DATABASE
+    with _DATABASE_LOCK:
+        if _DATABASE is None or _DATABASE[0] != os.getpid():  # never share a database across a fork
+            # one thread: a block at a time, and the CSV parser already uses the cores
+            _DATABASE = (os.getpid(), duckdb.connect(config={"threads": 1}))
+        return _DATABASE[1]
+
+
 def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+    """A fresh connection (a cursor on the process's database) with the pipeline's time rule: UTC."""
+    con = _database().cursor()
     con.execute(f"SET TimeZone = '{TIMEZONE}'")
-    con.execute("SET threads = 1")  # one block at a time; the CSV parser already uses the cores
     return con
 
 
@@ -283,8 +357,43 @@ def _decode_column(name: str, col: pa.Array | pa.ChunkedArray) -> tuple[pa.Array
         return pa.array(values, pa.string()), errors
 
 
-def _csv_batches(path: Path, ragged: list[dict[str, object]]) -> Iterator[pa.Table]:
-    """The CSV as tables of text columns plus `_decode_error`, one parsed block at a time."""
+class _TailTracker(io.RawIOBase):
+    """A byte stream passed through unchanged, remembering the last line when it has no line end: how a CSV cut
+    off mid-row (its last line ragged and unterminated) is told apart from one whose writer only left out the
+    final newline."""
+
+    MAX_TAIL = 1 << 20
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self.raw = raw
+        self.partial = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        if n:
+            i = data.rfind(b"\n")
+            self.partial = data[i + 1 :] if i >= 0 else (self.partial + data)[-self.MAX_TAIL :]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    @property
+    def unterminated(self) -> str:
+        """The file's last line when it does not end with a line break ("" when it does)."""
+        return self.partial.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def _csv_batches(path: Path, ragged: list[dict[str, object]], tail: _TailTracker | None = None) -> Iterator[pa.Table]:
+    """The CSV as tables of text columns plus `_decode_error`, one parsed block at a time. `tail`, when given,
+    is filled with the file's unterminated last line, if any."""
     with _open_bytes(path) as fh:
         header_line = fh.readline()
     try:
@@ -297,18 +406,18 @@ def _csv_batches(path: Path, ragged: list[dict[str, object]]) -> Iterator[pa.Tab
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         """A row with the wrong number of fields (a cut last line, an unquoted comma) has no columns to check:
-        it is kept whole, as its line of text, among the rows of no day."""
+        it is kept whole, as its line of text; the caller decides whether it is a cut (the file's last line,
+        unterminated) or a malformed line among good ones."""
         line = f"line {row.number}" if row.number else "a line"
         ragged.append(
             {
                 RAW_LINE_COLUMN: row.text,
-                "_reason": f"{line} has {row.actual_columns} fields, the header has {row.expected_columns} "
-                "(rule: every row has the header's fields)",
+                "_reason": f"{line} has {row.actual_columns} fields, the header has {row.expected_columns}",
             }
         )
         return "skip"
 
-    stream = _open_bytes(path)
+    stream = _TailTracker(_open_bytes(path)) if tail is None else tail
     try:
         reader = pacsv.open_csv(
             stream,
@@ -331,6 +440,8 @@ def _csv_batches(path: Path, ragged: list[dict[str, object]]) -> Iterator[pa.Tab
             yield table.append_column(DECODE_ERROR_COLUMN, pa.array(errors, pa.string()))
     except pa.ArrowInvalid as exc:
         raise SourceError(f"{path}: cannot be parsed as CSV: {exc}") from exc
+    except (EOFError, zlib.error, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
+        raise SourceError(f"{path}: cannot be decompressed (truncated?): {exc}") from exc
     finally:
         stream.close()
 
@@ -348,12 +459,12 @@ def _parquet_batches(path: Path) -> Iterator[pa.Table]:
         con.close()
 
 
-def _batches(path: Path, ragged: list[dict[str, object]]) -> Iterator[pa.Table]:
+def _batches(path: Path, ragged: list[dict[str, object]], tail: _TailTracker | None = None) -> Iterator[pa.Table]:
     name = path.name.lower()
     if name.endswith(".parquet"):
         return _parquet_batches(path)
     if name.endswith((".csv", ".csv.gz", ".csv.zip")):
-        return _csv_batches(path, ragged)
+        return _csv_batches(path, ragged, tail)
     raise SourceError(f"{path}: unsupported file type (expected .csv, .csv.gz, .csv.zip or .parquet)")
 
 
@@ -366,28 +477,56 @@ def _orphan_reason(spec: DatasetSpec, when: pd.Timestamp | None) -> str:
     )
 
 
-def scan_file(spec: DatasetSpec, path: Path, day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame, SourceFile]:
-    """(the day's rows, the rows of no day with their reason, what the file is) in one streamed pass.
+CUT_RULE = "rule: a file ends with whole rows; the days it holds are blocked until it is replaced"
+
+
+@dataclass
+class FileScan:
+    """One streamed pass over a file: the rows of the day asked for, the rows of no day, the line a cut left
+    (if the file ends mid-row), and what the file is (its days, for the manifest)."""
+
+    rows: pd.DataFrame
+    orphans: pd.DataFrame
+    cut: pd.DataFrame
+    info: SourceFile
+
+
+def scan_file(
+    spec: DatasetSpec,
+    path: Path,
+    day: dt.date | None,
+    *,
+    on_block: Callable[[pa.Table], None] | None = None,
+) -> FileScan:
+    """The whole file in one streamed pass: the rows of `day` (none when `day` is None), the rows of no day with
+    their reason, the days the file holds, and whether it ends mid-row. `on_block` sees every block of raw rows
+    (how `validate` checks types without a second pass).
 
     Raises SourceError naming the file when the file cannot be read or its event time cannot be computed at
     all (a column the expression needs is missing): then no day can know which of its rows are its own."""
-    size = path.stat().st_size
-    info = SourceFile(path=str(path), sha256=file_sha256(path), size=size)
-    if size == 0:
+    st = path.stat()
+    info = SourceFile(path=str(path), sha256=file_sha256(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    if st.st_size == 0:
         info.note = "empty file (0 bytes)"
-        return pd.DataFrame(), pd.DataFrame(), info
+        return FileScan(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info)
     con = _connect()
     day_parts: list[pa.Table] = []
     orphan_parts: list[pa.Table] = []
     offset = 0
     ragged: list[dict[str, object]] = []
+    tail = _TailTracker(_open_bytes(path)) if path.name.lower().endswith((".csv", ".csv.gz", ".csv.zip")) else None
+    counts: dict[str, int] = {}
+    first, last = pa.scalar(spec.replay.start, pa.date32()), pa.scalar(spec.replay.end, pa.date32())
+    wanted = pa.scalar(day, pa.date32()) if day is not None else None
     try:
-        for table in _batches(path, ragged):
+        for table in _batches(path, ragged, tail):
             if not info.columns:
                 info.columns = [c for c in table.column_names if c != DECODE_ERROR_COLUMN]
             n = table.num_rows
             if n == 0:
                 continue
+            if on_block is not None:
+                on_block(table)
             table = table.append_column(SOURCE_ROW_COLUMN, pa.array(range(offset + 1, offset + n + 1), pa.int64()))
             offset += n
             con.register("block", table)
@@ -404,30 +543,75 @@ def scan_file(spec: DatasetSpec, path: Path, day: dt.date) -> tuple[pd.DataFrame
                 con.unregister("block")
             et = times.column(EVENT_TIME_COLUMN)
             days = pc.cast(et, pa.date32())
-            on_day = pc.fill_null(pc.equal(days, pa.scalar(day, pa.date32())), False)
-            outside = pc.or_(
-                pc.less(days, pa.scalar(spec.replay.start, pa.date32())),
-                pc.greater(days, pa.scalar(spec.replay.end, pa.date32())),
-            )
+            outside = pc.or_(pc.less(days, first), pc.greater(days, last))
             orphan = pc.fill_null(outside, True)
+            in_window = pc.filter(days, pc.invert(orphan))
+            for item in pc.value_counts(in_window).to_pylist():
+                key = item["values"].isoformat()
+                counts[key] = counts.get(key, 0) + int(item["counts"])
             with_time = table.append_column(EVENT_TIME_COLUMN, et)
-            if pc.any(on_day).as_py():
-                day_parts.append(with_time.filter(on_day))
+            if wanted is not None:
+                on_day = pc.fill_null(pc.equal(days, wanted), False)
+                if pc.any(on_day).as_py():
+                    day_parts.append(with_time.filter(on_day))
             if pc.any(orphan).as_py():
                 orphan_parts.append(with_time.filter(orphan))
+    except (EOFError, zlib.error, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
+        raise SourceError(f"{path}: cannot be decompressed (truncated?): {exc}") from exc
     finally:
         con.close()
+        if tail is not None:
+            tail.close()
     info.rows = offset
+    info.days = dict(sorted(counts.items()))
     if offset == 0 and not info.note:
         info.note = "header only, 0 rows"
+    from mlops_assets.datasets.validate import REASON_COLUMN
+
+    cut = pd.DataFrame()
+    if (
+        tail is not None
+        and tail.unterminated
+        and ragged
+        and str(ragged[-1][RAW_LINE_COLUMN]).rstrip("\r") == (tail.unterminated)
+    ):
+        line = ragged.pop()
+        what = f"it ends mid-row: {line['_reason']}"
+        info.problem = f"{path}: {what} ({CUT_RULE})"
+        info.blocks_all = not info.days  # no whole row says which days it holds: any day could be missing rows
+        info.note = f"{offset} rows, cut off mid-row"
+        cut = pd.DataFrame(
+            [
+                {
+                    RAW_LINE_COLUMN: line[RAW_LINE_COLUMN],
+                    REASON_COLUMN: f"{what} ({CUT_RULE})",
+                    SOURCE_FILE_COLUMN: str(path),
+                }
+            ]
+        )
     orphans = _frame(orphan_parts, path, spec)
     if ragged:
-        from mlops_assets.datasets.validate import REASON_COLUMN
-
-        bad = pd.DataFrame(ragged).rename(columns={"_reason": REASON_COLUMN}).assign(**{SOURCE_FILE_COLUMN: str(path)})
+        bad = (
+            pd.DataFrame(ragged)
+            .assign(_reason=lambda f: f["_reason"] + " (rule: every row has the header's fields)")
+            .rename(columns={"_reason": REASON_COLUMN})
+            .assign(**{SOURCE_FILE_COLUMN: str(path)})
+        )
         orphans = pd.concat([orphans, bad], ignore_index=True) if not orphans.empty else bad
-        info.note = f"{offset} rows, {len(ragged)} malformed"
-    return _frame(day_parts, path), orphans, info
+        info.note = f"{offset} rows, {len(ragged)} malformed" + (", cut off mid-row" if not cut.empty else "")
+    return FileScan(_frame(day_parts, path), orphans, cut, info)
+
+
+def _scan_or_problem(spec: DatasetSpec, path: Path, day: dt.date | None) -> FileScan:
+    """scan_file, with a file that cannot be read turned into its problem: it blocks every day, since any day's
+    rows could be in it."""
+    try:
+        return scan_file(spec, path, day)
+    except SourceError as exc:
+        st = path.stat()
+        info = SourceFile(str(path), file_sha256(path), st.st_size, note=f"unreadable: {exc}", mtime_ns=st.st_mtime_ns)
+        info.problem, info.blocks_all = str(exc), True
+        return FileScan(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), info)
 
 
 def _frame(parts: list[pa.Table], path: Path, spec: DatasetSpec | None = None) -> pd.DataFrame:
@@ -469,16 +653,21 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
 
 
-def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
-    """Everything the source holds for `day`, file by file; never raises for a bad file (the problem is
-    returned, naming the file), only for a source that does not exist at all."""
-    named = named_source_files(spec.source)  # an S3 prefix is listed (and mirrored) once per delivery
-    files = [p for p, _ in named]
-    origins = {str(p): name for p, name in named if str(p) != name}
+def read_delivery(spec: DatasetSpec, day: dt.date, manifest: SourceManifest | None = None) -> Delivery:
+    """Everything the source holds for `day`; never raises for a bad file (the problem is returned, naming the
+    file), only for a source that does not exist at all.
+
+    With a `manifest` (the ingestion asset keeps one beside the lake), a file is read whole once, when it is
+    first seen or has changed, and after that only on the days it holds: a day's read costs the same whatever
+    the number of files in the folder. Without one, every file is read whole (what `validate` and a one-off
+    read want)."""
+    from mlops_assets.datasets.manifest import SourceManifest
+
     if spec.source.kind == "package":
+        named = named_source_files(spec.source)
         # a file shipped in a package never changes: index it by day once per process
         rows, orphans, infos = [], [], []
-        for p in files:
+        for p, _ in named:
             index = _days_index(str(p), p.stat().st_mtime, spec.event_time)
             rows.append(index.get(day, pd.DataFrame()))
             out = [g for k, g in index.items() if k is None or not (spec.replay.start <= k <= spec.replay.end)]
@@ -491,19 +680,62 @@ def read_delivery(spec: DatasetSpec, day: dt.date) -> Delivery:
             from mlops_assets.datasets.validate import REASON_COLUMN
 
             orphan_df[REASON_COLUMN] = [_orphan_reason(spec, t) for t in orphan_df[EVENT_TIME_COLUMN]]
-        return Delivery(day, _concat(rows), infos, orphan_df)
-    rows, orphans, infos, problems = [], [], [], []
-    for p in files:
-        try:
-            day_rows, orphan_rows, info = scan_file(spec, p, day)
-        except SourceError as exc:
-            problems.append(str(exc))
-            infos.append(SourceFile(str(p), file_sha256(p), p.stat().st_size, note=f"unreadable: {exc}"))
+        return Delivery(day, _concat(rows), infos, orphan_df, files_in_source=len(named))
+    listing = _stamped_files(spec.source)  # an S3 prefix is listed (and mirrored) once per delivery
+    origins = {local: name for local, name, _, _ in listing if local != name}
+    book = manifest if manifest is not None else SourceManifest(spec)
+    rows, orphans, cuts, infos, problems = [], [], [], [], []
+    idle: list[SourceFile] = []  # files with no rows at all (empty, header only): named only on a day with none
+    indexed = 0
+    iso = day.isoformat()
+    for local_path, name, size, mtime_ns in listing:
+        if book.elsewhere(name, size, mtime_ns, iso):  # the usual case for all files but the day's own
             continue
-        rows.append(day_rows)
-        orphans.append(orphan_rows)
-        infos.append(info)
-    delivery = Delivery(day, _concat(rows), infos, _concat(orphans), problems)
+        local = Path(local_path)
+        entry = book.current(name, local)
+        if entry is not None and not entry.holds(day):
+            if entry.blocks(day):  # unreadable: its problem stands until the file changes; no need to re-read it
+                infos.append(entry)
+                problems.append(entry.problem)
+            elif entry.note and not entry.days:
+                idle.append(entry)
+            continue
+        scan = _scan_or_problem(spec, local, day)  # first sight, a change, or a day it holds
+        if entry is None or entry.sha256 != scan.info.sha256:
+            indexed += 1
+            orphans.append(scan.orphans)  # first sight: its rows of no day are reported (and kept) now
+        elif not scan.rows.empty:
+            orphans.append(scan.orphans)  # every run that reads a file reports its rows of no day
+        book.record(name, scan.info)
+        info = scan.info
+        if info.blocks(day):
+            problems.append(info.problem)
+            cuts.append(scan.cut)
+        if info.holds(day) or info.blocks(day) or entry is None or entry.sha256 != info.sha256:
+            infos.append(info)
+        rows.append(scan.rows)
+    day_rows = _concat(rows)
+    book.prune({name for _, name, _, _ in listing})
+    elsewhere = ""
+    if day_rows.empty:
+        infos += [f for f in idle if f not in infos]
+        held = sorted(book.days_held() - {day.isoformat()})
+        elsewhere = f"no file of the source's {len(listing)} holds rows of this day" + (
+            f"; they hold {len(held)} other days, {held[0]}..{held[-1]}" if held else ""
+        )
+    if manifest is not None:
+        manifest.save()
+    delivery = Delivery(
+        day,
+        day_rows,
+        infos,
+        _concat(orphans),
+        problems,
+        cut=_concat(cuts),
+        elsewhere=elsewhere,
+        files_in_source=len(listing),
+        files_indexed=indexed,
+    )
     return _named_by_origin(delivery, origins) if origins else delivery
 
 
@@ -512,7 +744,7 @@ def _named_by_origin(d: Delivery, origins: dict[str, str]) -> Delivery:
     keep the local copy's path for the byte-for-byte copy into the lake."""
     for f in d.files:
         f.local, f.path = f.path, origins.get(f.path, f.path)
-    for frame in (d.rows, d.orphans):
+    for frame in (d.rows, d.orphans, d.cut):
         if SOURCE_FILE_COLUMN in frame:
             frame[SOURCE_FILE_COLUMN] = frame[SOURCE_FILE_COLUMN].map(lambda v: origins.get(v, v))
     problems = []
@@ -521,6 +753,9 @@ def _named_by_origin(d: Delivery, origins: dict[str, str]) -> Delivery:
             p = p.replace(local, uri)
         problems.append(p)
     d.problems = problems
+    if d.elsewhere:
+        for local, uri in origins.items():
+            d.elsewhere = d.elsewhere.replace(local, uri)
     return d
 
 

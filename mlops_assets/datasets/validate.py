@@ -260,3 +260,147 @@ def validate_day(
             accepted[col] = values.astype(object)
     quarantined = rows.loc[~accepted_mask].assign(**{REASON_COLUMN: text[~accepted_mask]})
     return ValidationOutcome(day, accepted.reset_index(drop=True), quarantined.reset_index(drop=True), problems)
+
+
+# --- `mlops-assets validate`: every file of a folder or S3 source, read strictly -----------------------------
+
+_CHECK_TYPES = {"int": "DOUBLE", "float": "DOUBLE", "timestamp": "TIMESTAMPTZ", "date": "TIMESTAMPTZ"}
+_BOOL_TEXT = "('true', 'false', '1', '0', 't', 'f', 'yes', 'no')"
+
+
+@dataclass
+class FileFindings:
+    """What one strict pass over a source file found, before deciding which findings are the file's own."""
+
+    name: str
+    structural: list[str] = field(default_factory=list)  # empty, header only, unreadable, cut, malformed lines
+    columns: set[str] = field(default_factory=set)
+    rows: int = 0
+    bad: dict[str, list[object]] = field(default_factory=dict)  # column -> [values not of the type, an example]
+    nulls: dict[str, int] = field(default_factory=dict)
+    no_time: int = 0
+
+
+def _count_block(spec: DatasetSpec, found: FileFindings, con: object, table: object) -> None:
+    import duckdb
+
+    assert isinstance(con, duckdb.DuckDBPyConnection)
+    names = getattr(table, "column_names", [])
+    present = [c for c in spec.schema_ if c in names]
+    if not present:
+        return
+    con.register("check_block", table)
+    try:
+        parts = []
+        for c in present:
+            qc = '"' + c.replace('"', '""') + '"'
+            rule = spec.schema_[c]
+            if rule.type == "bool":
+                bad = f"{qc} IS NOT NULL AND lower(trim(CAST({qc} AS VARCHAR))) NOT IN {_BOOL_TEXT}"
+            elif rule.type in _CHECK_TYPES:
+                cast = f"TRY_CAST({qc} AS {_CHECK_TYPES[rule.type]})"
+                bad = f"{qc} IS NOT NULL AND ({cast} IS NULL" + (
+                    f" OR {cast} <> round({cast}))" if rule.type == "int" else ")"
+                )
+            else:
+                bad = "false"
+            parts += [f"count(*) FILTER (WHERE {bad})", f"any_value(CAST({qc} AS VARCHAR)) FILTER (WHERE {bad})"]
+            parts.append(f"count(*) FILTER (WHERE {qc} IS NULL)")
+        got = con.execute("SELECT " + ", ".join(parts) + " FROM check_block").fetchall()[0]
+    finally:
+        con.unregister("check_block")
+    for i, c in enumerate(present):
+        n_bad, example, n_null = got[3 * i], got[3 * i + 1], got[3 * i + 2]
+        if n_bad:
+            entry = found.bad.setdefault(c, [0, example])
+            entry[0] = int(entry[0]) + int(n_bad)  # type: ignore[call-overload]
+        if n_null:
+            found.nulls[c] = found.nulls.get(c, 0) + int(n_null)
+
+
+def inspect_file(spec: DatasetSpec, local: Path, name: str) -> FileFindings:
+    """One streamed pass over a file, as the pipeline reads it, noting everything that would block or cost rows."""
+    from mlops_assets.datasets.sources import RAW_LINE_COLUMN, SourceError, scan_file
+
+    found = FileFindings(name)
+    con = _connect()
+    try:
+        scan = scan_file(spec, local, None, on_block=lambda t: _count_block(spec, found, con, t))
+    except SourceError as exc:
+        found.structural.append(f"source: {str(exc).replace(str(local), name)}")
+        return found
+    finally:
+        con.close()
+    info = scan.info
+    found.columns = {c for c in info.columns if not c.startswith("_")}
+    found.rows = info.rows
+    if info.note.startswith(("empty file", "header only")):
+        found.structural.append(f"source: {name}: {info.note}: it holds no rows (rule: a delivery has data)")
+    if info.problem:
+        found.structural.append(f"source: {info.problem.replace(str(local), name)}")
+    orphans = scan.orphans
+    if not orphans.empty and RAW_LINE_COLUMN in orphans:
+        lines = orphans[orphans[RAW_LINE_COLUMN].notna()]
+        if len(lines):
+            first = str(lines[REASON_COLUMN].iloc[0])
+            found.structural.append(
+                f"source: {name}: {len(lines)} malformed line(s), e.g. {first} (they would be quarantined)"
+            )
+        orphans = orphans[orphans[RAW_LINE_COLUMN].isna()]
+    if not orphans.empty and EVENT_TIME_COLUMN in orphans:
+        found.no_time = int(orphans[EVENT_TIME_COLUMN].isna().sum())
+    return found
+
+
+def check_source_files(spec: DatasetSpec) -> tuple[list[str], set[str]]:
+    """Every file of the source read strictly, as the pipeline would read it: (the problems, each naming its
+    file and the rule; the names of the files that have some).
+
+    A finding shared by every file (a column the spec names that no file has) is the spec's, and is left to
+    the spec checks, which report it once; a finding that sets a file apart from the others is that file's."""
+    from mlops_assets.datasets.sources import named_source_files
+
+    if spec.source.kind == "package":
+        return [], set()
+    findings = [inspect_file(spec, local, name) for local, name in named_source_files(spec.source)]
+    readable = [f for f in findings if f.columns]
+    problems: list[str] = []
+    broken: set[str] = set()
+
+    def universal(test: object) -> bool:
+        return len(readable) > 1 and all(test(f) for f in readable)  # type: ignore[operator]
+
+    for f in findings:
+        mine = list(f.structural)
+        if f.columns:
+            for c in spec.schema_:
+                if c not in f.columns and not universal(lambda g, c=c: c not in g.columns):
+                    mine.append(
+                        f"schema.{c}: column missing in {f.name} (rule: schema lists it; its days would be blocked)"
+                    )
+            for c in sorted(f.columns - set(spec.schema_)):
+                if not universal(lambda g, c=c: c in g.columns):
+                    mine.append(
+                        f"schema: {f.name} has a column {c!r} the schema does not list (rule: schema changes need a "
+                        "spec change; its days would be blocked)"
+                    )
+            for c, (n_bad, example) in f.bad.items():
+                if not universal(lambda g, c=c: c in g.bad):
+                    rule = spec.schema_[c]
+                    mine.append(
+                        f"schema.{c}.type: declared {rule.type}, but {n_bad} of {f.rows} values in {f.name} are not "
+                        f"(e.g. {example!r})"
+                    )
+            for c, n in f.nulls.items():
+                rule = spec.schema_[c]
+                if not rule.nullable and not universal(lambda g, c=c: c in g.nulls):
+                    mine.append(f"schema.{c}.nullable: false, but {n} of {f.rows} values in {f.name} are empty")
+            if f.no_time:
+                mine.append(
+                    f"event_time: cannot be computed on {f.no_time} of {f.rows} rows of {f.name} (they would be "
+                    "quarantined as rows of no day)"
+                )
+        if mine:
+            broken.add(f.name)
+        problems += mine
+    return problems, broken

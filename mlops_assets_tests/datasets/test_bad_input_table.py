@@ -309,14 +309,34 @@ def test_non_utf8_bytes_cost_their_row_and_the_file_is_kept(drops: Drops) -> Non
     assert kept_byte_for_byte(run, path)
 
 
-def test_a_truncated_csv_keeps_its_cut_line(drops: Drops) -> None:
+def test_a_truncated_csv_blocks_the_days_it_holds_until_it_is_replaced(drops: Drops) -> None:
+    """A cut upload must not pass as a short day: the day it holds is blocked, naming the file and the rule, and
+    the cut line is quarantined with that day (not as a row of no day). The corrected file unblocks it."""
     path = drops.drop("cut.csv", HEADER + good_rows(5) + f"u9,{DAY} 0")  # the upload stopped mid-row
+    drops.drop("next.csv", HEADER + good_rows(4, DAY + dt.timedelta(days=1)))
+    run = drops.run()
+    assert not run.ok and f"{path}: it ends mid-row: line 7 has 2 fields, the header has 5" in run.message
+    assert "rule: a file ends with whole rows" in run.message and run.metadata["rows_of_no_day"] == 0
+    assert sorted(reasons(run)) == ["day rejected: a file of the source is cut off mid-row"] * 5 + [
+        "it ends mid-row: line 7 has 2 fields, the header has 5 (rule: a file ends with whole rows; the days it "
+        "holds are blocked until it is replaced)"
+    ]
+    assert list(run.quarantined["_raw_line"].dropna()) == [f"u9,{DAY} 0"] and run.orphans.empty
+    assert kept_byte_for_byte(run, path)
+    assert drops.run(DAY + dt.timedelta(days=1)).ok, "a day the cut file does not hold runs"
+    path.write_text(HEADER + good_rows(6))  # the sender re-uploads the whole file
+    fixed = drops.run()
+    assert fixed.ok and len(fixed.accepted) == 6 and kept_byte_for_byte(fixed, path)
+
+
+def test_a_malformed_line_inside_a_csv_costs_only_that_line(drops: Drops) -> None:
+    rows = good_rows(5).splitlines(keepends=True)
+    path = drops.drop("comma.csv", HEADER + "".join(rows[:2]) + f"u7,{DAY} 01:00:00,1,5,k1,1\n" + "".join(rows[2:]))
     run = drops.run()
     assert run.ok and len(run.accepted) == 5 and run.metadata["rows_of_no_day"] == 1
     assert list(run.orphans[REASON_COLUMN]) == [
-        "line 7 has 2 fields, the header has 5 (rule: every row has the header's fields)"
+        "line 4 has 6 fields, the header has 5 (rule: every row has the header's fields)"
     ]
-    assert list(run.orphans["_raw_line"]) == [f"u9,{DAY} 0"]
     assert kept_byte_for_byte(run, path)
 
 

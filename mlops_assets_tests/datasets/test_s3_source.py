@@ -126,8 +126,9 @@ def test_daily_job_reads_an_s3_prefix(s3_spec: Settings, s3: Any, tmp_path: Path
             meta = r.asset_materializations_for_node(job("raw_batches"))[0].metadata
             assert meta["dagster/row_count"].value == len(read_day(shipped, d)[0])
             assert meta["rows_quarantined"].value == 0
-            names = meta["source_files"].value
-            assert f"s3://{BUCKET}/{key1}" in names and all(str(n).startswith(f"s3://{BUCKET}/{PREFIX}") for n in names)
+            names = meta["source_files"].value  # the objects read: all of them when first seen, then the day's
+            assert f"s3://{BUCKET}/{key1}" in names or d != D1
+            assert names and all(str(n).startswith(f"s3://{BUCKET}/{PREFIX}") for n in names)
             assert not any("README" in str(n) for n in names), "the pattern leaves other objects out"
 
         # the bytes of every object read are kept in the lake, byte for byte

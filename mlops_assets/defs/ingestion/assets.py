@@ -9,7 +9,8 @@ import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.datasets import quarantine
-from mlops_assets.datasets.sources import SOURCE_FILE_COLUMN, Delivery, SourceError, read_delivery, read_table
+from mlops_assets.datasets.manifest import SourceManifest
+from mlops_assets.datasets.sources import CUT_RULE, SOURCE_FILE_COLUMN, Delivery, SourceError, read_delivery, read_table
 from mlops_assets.datasets.validate import REASON_COLUMN, ValidationOutcome, validate_day
 from mlops_assets.defs import names
 from mlops_assets.defs.partitions import daily_partitions, partition_day
@@ -79,26 +80,35 @@ def build_ingestion(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         Every source file read is kept byte for byte; accepted rows and quarantined rows (with every rule each
         broke, its file and row number) go to separate content-addressed files; nothing is overwritten, so a
         corrected re-delivery sits beside the original. A file that cannot be read blocks the day: its rows
-        could be this day's, and a day missing part of its rows would look complete downstream.
+        could be this day's, and a day missing part of its rows would look complete downstream; so does a CSV
+        cut off mid-row, for the days it holds.
+
+        The source manifest beside the lake says which files hold which days, so a day reads only those (and
+        any file it has not seen yet, or whose bytes changed, whole once).
         """
         ds = spec
         day = partition_day(context)
         store = lake.lake()
         try:
-            delivery = read_delivery(ds, day)
+            delivery = read_delivery(ds, day, SourceManifest(ds, store.backend))
         except SourceError as exc:
             delivery = Delivery(day, pd.DataFrame(), [], pd.DataFrame(), [str(exc)])
         kept = {f.path: quarantine.keep_file(store, ds.name, f) for f in delivery.files}
         replay_rows, replay_columns = quarantine.read_replay(store, ds, day.isoformat())
         rows = quarantine.supersede(delivery.rows, replay_rows)
         described = [f.describe() for f in delivery.files] + list(replay_columns)
+        if delivery.elsewhere and replay_rows.empty:
+            described.append(delivery.elsewhere)
         outcome = validate_day(ds, day, rows, described, {**delivery.file_columns, **replay_columns})
         if delivery.problems:
             problems = [f"{ds.name} {day}: {p}" for p in delivery.problems]
+            cut_only = all(CUT_RULE in p for p in delivery.problems)
+            what = "is cut off mid-row" if cut_only else "cannot be read"
+            refused = rows.assign(**{REASON_COLUMN: f"day rejected: a file of the source {what}"})
             outcome = ValidationOutcome(
                 day,
                 pd.DataFrame(),
-                rows.assign(**{REASON_COLUMN: "day rejected: a file of the source cannot be read"}),
+                pd.concat([refused, delivery.cut], ignore_index=True) if not delivery.cut.empty else refused,
                 problems + [p for p in outcome.problems if "no rows for this day" not in p],
             )
         key = digest = None
@@ -141,6 +151,8 @@ def build_ingestion(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "rows_of_no_day": len(delivery.orphans),
             "quarantine_reasons": outcome.reasons,
             "source_files": [f.path for f in delivery.files],
+            "source_files_in_source": delivery.files_in_source,
+            "source_files_read_whole": delivery.files_indexed,
             "source_files_kept": dg.MetadataValue.md(files_table),
             "problems": outcome.problems,
         }
