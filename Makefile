@@ -8,10 +8,12 @@ HOST ?= 127.0.0.1
 
 .PHONY: install demo test ui mlflow-ui lint typecheck bench lock clean-data
 
+# --compile-bytecode: machines that set PYTHONDONTWRITEBYTECODE (CI's do) would otherwise compile Dagster, MLflow
+# and scikit-learn from source in every process: the daemon, each run worker, each Celery worker, each test.
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 
