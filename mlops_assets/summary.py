@@ -67,11 +67,13 @@ def retrain_table(result: ReplayResult) -> pd.DataFrame:
             {
                 "day": str(r["day"]),
                 "trigger": r["trigger"],
+                "kind": r.get("kind", "sweep"),
                 "best": f"{r['family']} (window {'all' if r['window'] in (None, 'None') else r['window']})",
                 "decision": r["decision"],
                 "champion after": f"v{r['champion_version']}",
                 "CPU s": round(r["cpu_seconds"], 1),
-                "why": (r["gate_reason"] or "")[:110],
+                "gate": (r["gate_reason"] or "")[:90],
+                "why it ran": (r.get("reason") or "")[:110],
             }
             for r in result.retrains
         ]

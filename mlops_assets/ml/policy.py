@@ -63,8 +63,11 @@ class PolicyState:
 @dataclass(frozen=True)
 class Decision:
     retrain: bool
-    trigger: str  # "bootstrap" | "drift" | "decay" | "drift+decay" | "none"
+    trigger: str  # "bootstrap" | "drift" | "decay" | "drift+decay" | "cost" | "none"
     reason: str
+    kind: str = "sweep"  # "sweep" (a search over families) | "refit" (the champion's recipe on fresh rows)
+    staleness_cost: float | None = None  # cost mode: what staying stale has cost (cost_policy.py)
+    retrain_cost: float | None = None  # cost mode: what the retrain is expected to cost
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
