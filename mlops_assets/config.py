@@ -273,6 +273,12 @@ class DatasetSpec(_Strict):
         for c in self.training.slices:
             if c not in names:
                 raise ValueError(f"training.slices names {c!r}, which is not a feature")
+        need = self.training.holdout_days + self.training.validation_days + 1
+        if self.policy.bootstrap_min_days is not None and self.policy.bootstrap_min_days < need:
+            raise ValueError(
+                f"policy.bootstrap_min_days is {self.policy.bootstrap_min_days}, but a first model needs at least "
+                f"{need} labelled days (training.holdout_days + training.validation_days + 1 to train on)"
+            )
         return self
 
     # --- derived views the rest of the code needs -------------------------------------------------------
