@@ -268,7 +268,6 @@ def infer_spec(
             "decay_min_rows": int(min(200, max(20, per_day * decay_days / 2))),
         },
         "policy": cost_policy_defaults(task, per_day, n_days, scale),
-
         "training": {"holdout_days": eval_days, "validation_days": eval_days, "slices": []},
         "gate": {
             "min_delta": 0.002 if classification else round(0.005 * scale, 6),

@@ -228,7 +228,9 @@ def past_retrains(instance: dg.DagsterInstance, spec: DatasetSpec, limit: int = 
                 day=dt.date.fromisoformat(str(as_of)),
                 kind=str(_value(rec, "retrain_kind", "sweep")),
                 cpu_seconds=float(_value(rec, "cpu_seconds", 0.0) or 0.0),
-                gain=float(delta) if delta is not None and delta == delta else None,
+                gain=None
+                if delta is None or delta != delta or _value(rec, "against_baseline", False)
+                else float(delta),
                 promoted=bool(_value(rec, "promote", False)),
             )
         )

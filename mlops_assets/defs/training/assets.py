@@ -419,6 +419,8 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "as_of": training_dataset["as_of"],
                 "retrain_kind": candidate_models.get("kind", "sweep"),
                 "cpu_seconds": round(float(candidate_models["cpu_seconds"]), 2),
+                # a gain over the baseline says nothing of how fast a trained model goes stale
+                "against_baseline": bool(champion is None or champion.is_baseline),
                 "decision": decision.status,
                 "promote": decision.promote,
                 "reason": decision.reason,
