@@ -135,29 +135,34 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     # then scores every later row too (no extra training: the daily strategy fits that very model anyway)
     n_weeks = (days_sorted[-1] - days_sorted[0]).days // block_len + 1
     candidate_days = {days_sorted[0] + dt.timedelta(days=block_len * k) for k in range(n_weeks)}
+    first_arrival = frame["arrival_day"].min()
     jobs = []
     for day in days_sorted:
-        known = frame[frame["arrival_day"] < day]
-        if known.empty:
-            continue
-        # window and row cap applied here so that each worker receives only the rows it trains on
-        rows = window_rows(known, "event_time", recipe_kwargs["window_days"], space.max_rows, space.seed)
+        if first_arrival >= day:
+            continue  # nothing known yet that morning
         scope = period["event_day"] >= day if day in candidate_days else period["event_day"] == day
-        idx = np.flatnonzero(scope.to_numpy())
-        jobs.append((day, idx, rows, period.iloc[idx][spec.feature_names]))
+        jobs.append((day, np.flatnonzero(scope.to_numpy())))
+
+    def tasks() -> Any:
+        """Each refit's rows are cut only when a worker is about to take it (joblib pre-dispatches a few):
+        a year of training windows held at once would not fit in memory."""
+        for day, idx in jobs:
+            known = frame[frame["arrival_day"] < day]
+            # window and row cap applied here so that each worker receives only the rows it trains on
+            rows = window_rows(known, "event_time", recipe_kwargs["window_days"], space.max_rows, space.seed)
+            today = period.iloc[idx][spec.feature_names]
+            yield delayed(refit)(rows, today, {**recipe_kwargs, "window_days": None, "max_rows": None})
+
     # one refit per core: the replay is over, both cores are free, and each worker measures its own CPU. Each
     # refit is cached on disk by its inputs: a second comparison of the same replay refits nothing, and reports
     # the CPU measured when the refit ran.
     cache = Memory(location=str(settings.data_dir / "cache" / "strategies" / spec.name), verbose=0)
-    refit = cache.cache(_refit_and_score, ignore=[])
-    outputs = Parallel(n_jobs=2)(
-        delayed(refit)(rows, today, {**recipe_kwargs, "window_days": None, "max_rows": None})
-        for _, _, rows, today in jobs
-    )
+    refit = cache.cache(_refit_and_score)
+    outputs = Parallel(n_jobs=2)(tasks())
     daily = np.full(len(period), np.nan)
     cpu = 0.0
     candidates: dict[dt.date, tuple[np.ndarray, np.ndarray, float]] = {}
-    for (day, idx, _, _), (scores, seconds) in zip(jobs, outputs, strict=True):
+    for (day, idx), (scores, seconds) in zip(jobs, outputs, strict=True):
         today_mask = (period["event_day"].to_numpy()[idx]) == day
         daily[idx[today_mask]] = scores[today_mask]
         cpu += seconds

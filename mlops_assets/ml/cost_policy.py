@@ -214,10 +214,17 @@ def decide_cost(
         if cost.variant == "threshold"
         else f"staleness since {last or 'the start'} ({len(served)} days, today {today_gap:.4f})"
     )
-    seen = f"{what} costs {stale:.1f} against {price:.1f} for a {kind} ({cpu:.1f} CPU-s)"
+    seen = f"{stale:.1f} against {price:.1f} for a {kind} ({what}; {cpu:.1f} CPU-s)"
     trigger = "cost" if stale >= price and stale > 0 else "none"
     if trigger == "none":
-        return Decision(False, "none", f"skip: {seen}", kind=kind, staleness_cost=stale, retrain_cost=price)
+        return Decision(
+            False,
+            "none",
+            f"skip: staleness cost below a retrain's, {seen}",
+            kind=kind,
+            staleness_cost=stale,
+            retrain_cost=price,
+        )
     held = _budget(state, policy)
     if held is not None:
         return Decision(
@@ -241,7 +248,7 @@ def decide_cost(
     return Decision(
         True,
         "cost",
-        f"cost ({cost.variant}): {seen}; {kind}: {why_kind}",
+        f"cost ({cost.variant}): staleness cost {seen}; {kind}: {why_kind}",
         kind=kind,
         staleness_cost=round(stale, 2),
         retrain_cost=round(price, 2),

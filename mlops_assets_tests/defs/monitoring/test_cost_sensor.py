@@ -117,6 +117,6 @@ def test_decay_fires_a_refit_once_it_has_cost_what_a_refit_costs(instance: dg.Da
             break
         reasons.append(result.skip_reason.skip_message if result.skip_reason else "")
     assert fired_on == 2, reasons
-    assert reasons[0].startswith("skip: staleness since") and "for a refit" in reasons[0]
+    assert reasons[0].startswith("skip: staleness cost below") and "for a refit" in reasons[0]
     assert req.tags[TAG_KIND] == "refit" and req.tags["mlops/trigger"] == "cost"
     assert "cost (cumulative)" in req.tags["mlops/reason"]
