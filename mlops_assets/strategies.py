@@ -184,6 +184,7 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
             prev = [c for c in range(b) if block_day[c] in candidates]
             got = candidates[block_day[prev[-1]]] if prev else None
             if got is None:
+                cand_cpu[b] = np.inf  # no model to refit here: the oracle cannot pick this week
                 continue
             cand_cpu[b] = 0.0
         else:
@@ -254,7 +255,7 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     cpus = {
         "continuous": cont_cpu,
         "never": first_cpu,
-        "weekly": float(cand_cpu.sum()),
+        "weekly": float(cand_cpu[np.isfinite(cand_cpu)].sum()),
         "daily": cpu,
         "oracle": oracle.cpu_seconds,
     }
@@ -276,7 +277,8 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
         f"Same rows for all: {len(period)} labelled events from {period['event_day'].min()} to "
         f"{period['event_day'].max()}, after the first trained model (v{first.version}, as of {as_of}).\n"
         f"continuous = what was served (the prediction log); never = v{first.version} frozen; "
-        f"weekly / daily = v{first.version}'s recipe ({recipe}) refit every Monday-of-the-block / every morning; "
+        f"weekly / daily = v{first.version}'s recipe ({recipe}) refit on the first day of each 7-day block / "
+        "every morning; "
         f"oracle = the cheapest schedule of weekly refits in hindsight ({len(oracle.refits)} of {n_blocks} blocks).\n"
         f"Cost = staleness_price {cost.staleness_price:g} x (metric lost against the morning's refit, per week, "
         f"times its days) + cpu_second_price {cost.cpu_second_price:g} x training CPU-s; the daily refit has no "
