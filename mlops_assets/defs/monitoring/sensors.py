@@ -46,7 +46,10 @@ def policy_from_spec(spec: DatasetSpec) -> RetrainPolicy:
 
 def cost_policy_from_spec(spec: DatasetSpec) -> CostPolicy:
     c = spec.policy.cost
-    min_days = spec.policy.bootstrap_min_days or (spec.training.holdout_days + spec.training.validation_days + 1)
+    # hold-out + validation + training days; a single training day has no past labels for its label-rate and
+    # window features (they need the label delay behind them), so the first training window is one longer
+    t = spec.training
+    min_days = spec.policy.bootstrap_min_days or (t.holdout_days + t.validation_days + spec.target.label_delay_days + 1)
     return CostPolicy(
         staleness_price=c.staleness_price,
         cpu_second_price=c.cpu_second_price,

@@ -66,7 +66,7 @@ def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
 
 
 def test_first_model_is_tried_once_a_hold_out_exists(instance: dg.DagsterInstance) -> None:
-    need = SPEC.training.holdout_days + SPEC.training.validation_days + 1
+    need = SPEC.training.holdout_days + SPEC.training.validation_days + SPEC.target.label_delay_days + 1
     for i in range(need):  # label partitions 0..need-1: need-1 labelled days (labels arrive a day late)
         day_reports(instance, D0 + dt.timedelta(days=i), baseline=True, labelled=900 * i)
     result = tick(instance, None)
