@@ -204,7 +204,14 @@ def decide_cost(
     last = state.last_retrain_day
     served = [d for d in days_since if last is None or d.day > last]
     age = lambda d: (d - last).days if last is not None else 0  # noqa: E731
-    gaps = [day_gap(d, age(d.day), history) for d in served]
+    # A challenger that lost at the gate on the last retrain day showed that a fresh model could not beat the
+    # champion then: the decay measured that day was the data getting harder, not the model getting stale.
+    # Staleness is what the champion lost since, not the whole gap to its hold-out score.
+    floor = 0.0
+    rejected = history[-1] if history and history[-1].day == last and not history[-1].promoted else None
+    if rejected is not None and not rejected.failed:
+        floor = next((d.decay_gap or 0.0 for d in days_since if d.day == last), 0.0)
+    gaps = [max(0.0, day_gap(d, age(d.day), history) - floor) for d in served]
     today_gap = gaps[-1] if gaps else 0.0
     daily_cost = cost.staleness_price * today_gap
     accumulated = cost.staleness_price * sum(gaps)

@@ -128,3 +128,17 @@ def test_retrain_cost_is_measured_and_decay_is_billed_only_when_sure() -> None:
     assert decay_gap("roc_auc", 0.70, 0.66, 0.62, 0.71) == 0.0
     assert decay_gap("roc_auc", 0.70, 0.66, 0.64, 0.68) == pytest.approx(0.02)
     assert decay_gap("rmse", 2.0, 2.6, 2.3, 2.9) == pytest.approx(0.3)
+
+
+def test_after_a_rejected_refit_only_the_decay_since_counts() -> None:
+    """A fresh model lost at the gate on the retrain day: the decay measured then is the data, not staleness."""
+    today = D0 + dt.timedelta(days=1)
+    history = [
+        PastRetrain(D0 - dt.timedelta(days=30), "sweep", 10.0, None, True),
+        PastRetrain(D0, "refit", 2, -0.004, False),
+    ]
+    flat = [DayGap(D0, 0.03, False), DayGap(today, 0.03, False)]
+    held = decide_cost(_decay(today), _state(today), RULES, COST, history, flat, 40)
+    assert not held.retrain and held.staleness_cost == 0.0
+    worse = [DayGap(D0, 0.03, False), DayGap(today, 0.06, False)]
+    assert decide_cost(_decay(today), _state(today), RULES, COST, history, worse, 40).retrain

@@ -257,8 +257,9 @@ def past_retrains(instance: dg.DagsterInstance, spec: DatasetSpec, limit: int = 
 def staleness_evidence(
     instance: dg.DagsterInstance, spec: DatasetSpec, since: dt.date | None, today: dt.date, max_days: int = 400
 ) -> list[DayGap]:
-    """Every day's decay gap and drift flag since the last retrain (the cumulative variant sums over them)."""
-    start = max(since + dt.timedelta(days=1) if since else today, today - dt.timedelta(days=max_days - 1))
+    """Every day's decay gap and drift flag from the last retrain's day on (the cumulative variant sums over the
+    days after it; the day itself is the level a rejected challenger could not beat)."""
+    start = max(since if since else today, today - dt.timedelta(days=max_days - 1))
     keys = [(start + dt.timedelta(days=i)).isoformat() for i in range((today - start).days + 1)]
     perf: dict[str, Any] = {}
     drift: dict[str, Any] = {}
