@@ -215,8 +215,12 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         lk = lake.lake()
         frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
-        train = split_days(frame, ds)["train"]
-        profile = ReferenceProfile.from_frame(train, numeric=ds.numeric_features, categorical=ds.categorical_features)
+        # the rows the registered model was fit on (the sweep's winner and a refit are both fit on train +
+        # validation): a first model tried as soon as a hold-out exists has a training split of a day or two,
+        # whose lag and label-rate features have no past yet, and its reference must still be testable
+        parts = split_days(frame, ds)
+        fitted = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
+        profile = ReferenceProfile.from_frame(fitted, numeric=ds.numeric_features, categorical=ds.categorical_features)
         prof_key, prof_sha = lk.write_blob("profiles", ds.name, profile.to_json().encode(), ".json")
         decision = evaluation_report["decision"]
         tags = {
