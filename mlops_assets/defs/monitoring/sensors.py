@@ -208,8 +208,10 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, cursor: str | None
     if decision.retrain:
         request = dg.RunRequest(
             run_key=f"retrain:{spec.name}:{today.isoformat()}:{decision.trigger}",
-            run_config=training_run_config(spec.name, today, decision.trigger, decision.kind),
-            tags=retrain_tags(spec, today, decision.trigger, decision.reason, state.total_labelled_rows, decision.kind),
+            run_config=training_run_config(spec.name, today, decision.trigger, decision.kind or "sweep"),
+            tags=retrain_tags(
+                spec, today, decision.trigger, decision.reason, state.total_labelled_rows, decision.kind or "sweep"
+            ),
         )
     return Evaluation(decision, today, request, new_cursor)
 
