@@ -54,7 +54,9 @@ def fast_specs(folder: Path) -> list[Path]:
     flights = yaml.safe_load(DEFAULT_SPEC.read_text())
     flights["search"].update({"trials": 3, "seconds": 60, "windows": [None], "recency_half_lives": [None]})
     flights["search"]["families"] = {"baseline": {}, "logistic": {"C": [0.1, 1.0]}}
-    flights["policy"].update({"bootstrap_min_rows": 6000, "cooldown_days": 4, "min_new_labelled_rows": 1000})
+    flights["policy"].update(
+        {"decision": "rules", "bootstrap_min_rows": 6000, "cooldown_days": 4, "min_new_labelled_rows": 1000}
+    )
     flights["monitoring"]["evidently_every_days"] = 0
     flights["training"].update({"holdout_days": 2, "validation_days": 2})
     chicago = yaml.safe_load((SPECS_DIR / "chicago_ridership.yaml").read_text())
@@ -62,7 +64,9 @@ def fast_specs(folder: Path) -> list[Path]:
         del chicago["features"]["windows"][name]
     chicago["monitoring"].update({"decay_window_days": 5, "decay_min_rows": 3, "window_days": 5})
     chicago["monitoring"]["evidently_every_days"] = 0
-    chicago["policy"].update({"bootstrap_min_rows": 6, "cooldown_days": 4, "min_new_labelled_rows": 3})
+    chicago["policy"].update(
+        {"decision": "rules", "bootstrap_min_rows": 6, "cooldown_days": 4, "min_new_labelled_rows": 3}
+    )
     chicago["training"].update({"holdout_days": 2, "validation_days": 2})
     chicago["search"].update({"trials": 2, "seconds": 20, "windows": [None], "recency_half_lives": [None]})
     chicago["search"]["families"] = {"baseline": {}, "ridge": {"alpha": [1.0]}}

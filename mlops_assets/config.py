@@ -155,7 +155,41 @@ class MonitoringSpec(_Strict):
     decay_min_rows: int = Field(default=200, ge=1)
 
 
+class CostSpec(_Strict):
+    """What staleness and training cost, for the cost-aware decision (`policy.decision: cost`) and for the
+    replay's comparison (every strategy's total cost, and the hindsight oracle that minimises it).
+
+    Units are the user's (dollars, CPU-seconds, anything), the same for both prices."""
+
+    # Serving a model that is worse than a fresh one by one unit of the metric (1.0 ROC AUC, one unit of RMSE)
+    # for one day costs this much: the price of staleness.
+    staleness_price: float = Field(default=1000.0, ge=0)
+    # One CPU-second of training costs this much: the price of a retrain is its measured CPU times this.
+    cpu_second_price: float = Field(default=1.0, ge=0)
+    # cumulative: retrain once the staleness cost accumulated since the last retrain pays for one (rent or
+    # buy); threshold: once today's staleness cost, over `horizon_days`, pays for one (Cara, KBS 2024).
+    variant: Literal["cumulative", "threshold"] = "cumulative"
+    horizon_days: int = Field(default=7, ge=1)
+    # A full sweep (new family, hyper-parameters, window) at least this often in data days; a cheap refit of
+    # the champion's recipe otherwise, unless refits stop winning the gate.
+    sweep_every_days: int = Field(default=90, ge=1)
+    # The hard CPU budget of one retrain: a training step that spends more is stopped and the champion stays.
+    max_cpu_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _possible(self) -> CostSpec:
+        if self.staleness_price == 0 and self.cpu_second_price == 0:
+            raise ValueError("staleness_price and cpu_second_price are both 0: nothing to weigh, set at least one")
+        return self
+
+
 class PolicySpec(_Strict):
+    # rules: fixed triggers and a cool-down; cost: staleness cost against retraining cost (see CostSpec).
+    decision: Literal["rules", "cost"] = "rules"
+    cost: CostSpec = CostSpec()
+    # cost mode only: the first model is tried once this many days have labels (default: hold-out +
+    # validation + 1 training day), then again every day the baseline still serves, within the ceilings.
+    bootstrap_min_days: int | None = Field(default=None, ge=1)
     drift_share_threshold: float = Field(default=0.3, gt=0, le=1)
     decay: bool = True
     cooldown_days: int = Field(default=7, ge=0)
@@ -239,6 +273,12 @@ class DatasetSpec(_Strict):
         for c in self.training.slices:
             if c not in names:
                 raise ValueError(f"training.slices names {c!r}, which is not a feature")
+        need = self.training.holdout_days + self.training.validation_days + 1
+        if self.policy.bootstrap_min_days is not None and self.policy.bootstrap_min_days < need:
+            raise ValueError(
+                f"policy.bootstrap_min_days is {self.policy.bootstrap_min_days}, but a first model needs at least "
+                f"{need} labelled days (training.holdout_days + training.validation_days + 1 to train on)"
+            )
         return self
 
     # --- derived views the rest of the code needs -------------------------------------------------------

@@ -25,7 +25,7 @@ from dagster._core.events import DagsterEventType
 from mlops_assets import stopping
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings, load_spec
 from mlops_assets.defs import names
-from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_REASON, TAG_TRIGGER
+from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, SENSOR_NAME, TAG_KIND, TAG_REASON, TAG_TRIGGER
 from mlops_assets.storage.stores import duckdb_file
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -284,23 +284,41 @@ def _run_retrain(
     cand = _run_metadata(instance, run_id, names.asset_key(dataset, "candidate_models"))
     ev = _run_metadata(instance, run_id, names.asset_key(dataset, "evaluation_report"))
     champ = _run_metadata(instance, run_id, names.asset_key(dataset, "champion"))
+    failure = _failure(instance, run_id) if not success else None
     return {
         "day": day,
         "run_id": run_id,
         "success": success,
         "trigger": rr.tags.get(TAG_TRIGGER),
         "reason": rr.tags.get(TAG_REASON),
+        "kind": rr.tags.get(TAG_KIND, "sweep"),
         "wall_seconds": wall,
-        "cpu_seconds": float(cand.get("cpu_seconds", 0.0) or 0.0),
+        "cpu_seconds": float(cand.get("cpu_seconds", 0.0) or (failure or {}).get("cpu_seconds", 0.0) or 0.0),
         "family": cand.get("best_family"),
         "window": cand.get("best_window_days"),
         "decision": ev.get("decision", "failed"),
-        "gate_reason": ev.get("reason", "the run failed before the gate"),
+        "gate_reason": ev.get("reason", (failure or {}).get("message") or "the run failed before the gate"),
         "delta": ev.get("delta"),
         "champion_version": champ.get("champion_version"),
         "candidate_version": champ.get("candidate_version"),
         "moved": bool(champ.get("moved", False)),
     }
+
+
+def _failure(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
+    """The first failed step's message and metadata (a retrain stopped by its CPU budget says so)."""
+    conn = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE)
+    for rec in conn.records:
+        ev = rec.event_log_entry.dagster_event
+        data = ev.event_specific_data if ev else None
+        user = getattr(data, "user_failure_data", None)
+        if user is not None:
+            md = {k: getattr(v, "value", v) for k, v in (user.metadata or {}).items()}
+            return {"message": user.description or "", **md}
+        err = getattr(data, "error", None)
+        if err is not None:
+            return {"message": str(err.message).strip().splitlines()[-1][:300]}
+    return {}
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:

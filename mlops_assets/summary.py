@@ -67,11 +67,13 @@ def retrain_table(result: ReplayResult) -> pd.DataFrame:
             {
                 "day": str(r["day"]),
                 "trigger": r["trigger"],
+                "kind": r.get("kind", "sweep"),
                 "best": f"{r['family']} (window {'all' if r['window'] in (None, 'None') else r['window']})",
                 "decision": r["decision"],
                 "champion after": f"v{r['champion_version']}",
                 "CPU s": round(r["cpu_seconds"], 1),
-                "why": (r["gate_reason"] or "")[:110],
+                "gate": (r["gate_reason"] or "")[:90],
+                "why it ran": (r.get("reason") or "")[:110],
             }
             for r in result.retrains
         ]
@@ -104,7 +106,13 @@ def render_summary(result: ReplayResult, *, compare: bool = True) -> str:
     # grouped by the rule, not by its numbers: "no drift and no decay (drift share 0.48 < 0.50 (2001-09-09); ..."
     # is one reason whatever the day's share
     reasons = pd.Series([r.decision for r in result.days if not r.retrain], dtype=object)
-    skips = reasons.str.split(",").str[0].str.replace(r"\s*\(.*$", "", regex=True).value_counts()
+    skips = (
+        reasons.str.split(",")
+        .str[0]
+        .str.replace(r"\s*\(.*$", "", regex=True)
+        .str.replace(r"\d{4}-\d{2}-\d{2}|\d+(\.\d+)?", "N", regex=True)  # one rule, whatever its numbers
+        .value_counts()
+    )
     if len(skips):
         out += ["", "Sensor skips by reason", skips.head(8).to_string()]
     if compare:

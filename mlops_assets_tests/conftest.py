@@ -53,7 +53,9 @@ def fast_flights_spec(tmp: Path, **overrides: Any) -> Path:
         "logistic": {"C": [0.1, 1.0]},
         "hist_gradient_boosting": {"max_iter": [60], "learning_rate": [0.1]},
     }
-    spec["policy"].update({"bootstrap_min_rows": 18000, "cooldown_days": 3, "min_new_labelled_rows": 1000})
+    spec["policy"].update(
+        {"decision": "rules", "bootstrap_min_rows": 18000, "cooldown_days": 3, "min_new_labelled_rows": 1000}
+    )
     spec["monitoring"]["evidently_every_days"] = 0
     spec["training"].update({"holdout_days": 3, "validation_days": 3})
     for k, v in overrides.items():

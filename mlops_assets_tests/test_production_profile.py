@@ -92,6 +92,16 @@ def fast_chicago_spec(tmp: Path) -> Path:
     for name in ("entries_lag_7", "entries_lag_14"):
         del raw["features"]["windows"][name]
     raw["monitoring"].update({"decay_window_days": 3, "decay_min_rows": 1, "window_days": 3})
+    # the rule-based policy this test was written for (the shipped spec is cost-aware)
+    raw["policy"].update(
+        {
+            "decision": "rules",
+            "cooldown_days": 28,
+            "min_new_labelled_rows": 28,
+            "max_per_week": 1,
+            "bootstrap_min_rows": 90,
+        }
+    )
     raw["monitoring"]["evidently_every_days"] = 0
     raw["training"].update({"holdout_days": 1, "validation_days": 1})
     raw["search"].update({"trials": 2, "seconds": 20, "windows": [None], "recency_half_lives": [None]})

@@ -35,3 +35,22 @@ class Stopwatch:
     ) -> None:
         self.wall_seconds = time.perf_counter() - self._wall
         self.cpu_seconds = self._clock() - self._cpu
+
+
+class CPUBudgetExceeded(RuntimeError):
+    """A retrain spent more CPU than its budget (`policy.cost.max_cpu_seconds`): it is stopped, nothing is
+    registered, and the champion keeps serving."""
+
+    def __init__(self, what: str, spent: float, budget: float) -> None:
+        super().__init__(
+            f"{what} stopped: {spent:.1f} CPU-seconds spent, over the budget of {budget:g} "
+            "(policy.cost.max_cpu_seconds); nothing registered, the champion stays"
+        )
+        self.spent = spent
+        self.budget = budget
+
+
+def check_budget(what: str, spent: float, budget: float | None) -> None:
+    """Raise once `spent` is over `budget` (None: no budget)."""
+    if budget is not None and spent > budget:
+        raise CPUBudgetExceeded(what, spent, budget)

@@ -63,11 +63,17 @@ class PolicyState:
 @dataclass(frozen=True)
 class Decision:
     retrain: bool
-    trigger: str  # "bootstrap" | "drift" | "decay" | "drift+decay" | "none"
+    trigger: str  # "bootstrap" | "drift" | "decay" | "drift+decay" | "cost" | "none"
     reason: str
+    # cost mode: "sweep" (a search over families) | "refit" (the champion's recipe on fresh rows); the rules
+    # always sweep and leave it empty
+    kind: str = ""
+    staleness_cost: float | None = None  # cost mode: what staying stale has cost (cost_policy.py)
+    retrain_cost: float | None = None  # cost mode: what the retrain is expected to cost
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Only what was decided: the cost fields appear when the cost-aware policy set them."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
 
 def _skip(reason: str) -> Decision:

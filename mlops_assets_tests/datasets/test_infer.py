@@ -64,7 +64,8 @@ def test_init_on_a_csv_infers_types_and_writes_a_spec_that_validates(tmp_path: P
     assert spec.feature_columns["shop"].type == "categorical" and spec.feature_columns["price"].type == "numeric"
     assert {"day_of_week", "hour"} <= set(spec.feature_names)
     # sized to 40 rows a day, not to the flights' thousands
-    assert spec.policy.bootstrap_min_rows <= 240 and spec.policy.min_new_labelled_rows <= 280
+    assert spec.policy.decision == "cost" and spec.policy.min_new_labelled_rows <= 280
+    assert spec.policy.cost.staleness_price == 100.0 and spec.policy.cooldown_days == 0
     assert set(spec.search["families"]) == {"baseline", "logistic", "hist_gradient_boosting"}
     assert main(["validate", str(out)]) == 0
 

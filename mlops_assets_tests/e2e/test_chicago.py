@@ -28,7 +28,9 @@ def test_chicago_replay_trains_a_regression_model(
 ) -> None:
     raw = yaml.safe_load(CHICAGO.read_text())
     # the real spec with a small fast search and an early first model, so the test runs in about a minute
-    raw["policy"].update({"bootstrap_min_rows": 28, "cooldown_days": 5, "min_new_labelled_rows": 5})
+    raw["policy"].update(
+        {"decision": "rules", "bootstrap_min_rows": 28, "cooldown_days": 5, "min_new_labelled_rows": 5}
+    )
     raw["training"].update({"holdout_days": 7, "validation_days": 7})
     raw["monitoring"].update({"decay_window_days": 7, "decay_min_rows": 5, "window_days": 7})
     raw["search"].update({"trials": 3, "seconds": 20, "windows": [None], "recency_half_lives": [None]})

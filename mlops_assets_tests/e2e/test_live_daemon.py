@@ -77,7 +77,7 @@ def test_the_daemon_retrains_and_the_api_serves_the_new_champion(tmp_path: Path)
     spec_path = folder_spec(
         tmp_path,
         tmp_path / "drops",
-        policy={"bootstrap_min_rows": bootstrap_rows(labelled)},
+        policy={"decision": "rules", "bootstrap_min_rows": bootstrap_rows(labelled)},
         training={"holdout_days": HOLDOUT_DAYS, "validation_days": VALIDATION_DAYS},
     )
     spec = load_spec(spec_path)

@@ -14,6 +14,7 @@ import dagster as dg
 
 from mlops_assets.config import DatasetSpec
 from mlops_assets.defs import names
+from mlops_assets.ml.cost_policy import CostPolicy, DayGap, PastRetrain, decay_gap, decide_cost
 from mlops_assets.ml.policy import Decision, PolicyState, RetrainPolicy, Signal, decide
 
 RETRAIN_JOB = "retrain_job"
@@ -23,6 +24,7 @@ TAG_TRIGGER = "mlops/trigger"
 TAG_REASON = "mlops/reason"
 TAG_LABELLED = "mlops/labelled_rows"
 TAG_DATASET = "mlops/dataset"
+TAG_KIND = "mlops/retrain_kind"
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -38,7 +40,24 @@ def _aware(ts: dt.datetime) -> dt.datetime:
 
 
 def policy_from_spec(spec: DatasetSpec) -> RetrainPolicy:
-    return RetrainPolicy(**spec.policy.model_dump())
+    rules = spec.policy.model_dump(exclude={"decision", "cost", "bootstrap_min_days"})
+    return RetrainPolicy(**rules)
+
+
+def cost_policy_from_spec(spec: DatasetSpec) -> CostPolicy:
+    c = spec.policy.cost
+    # hold-out + validation + training days; a single training day has no past labels for its label-rate and
+    # window features (they need the label delay behind them), so the first training window is one longer
+    t = spec.training
+    min_days = spec.policy.bootstrap_min_days or (t.holdout_days + t.validation_days + spec.target.label_delay_days + 1)
+    return CostPolicy(
+        staleness_price=c.staleness_price,
+        cpu_second_price=c.cpu_second_price,
+        variant=c.variant,
+        horizon_days=c.horizon_days,
+        sweep_every_days=c.sweep_every_days,
+        bootstrap_min_days=min_days,
+    )
 
 
 def _value(record: Any, key: str, default: Any = None) -> Any:
@@ -57,14 +76,18 @@ class Evaluation:
     cursor: str
 
 
-def training_run_config(dataset: str, as_of: dt.date, trigger: str) -> dict[str, Any]:
-    """The retrain job's configuration: train as of the data's clock, saying what asked for it."""
+def training_run_config(dataset: str, as_of: dt.date, trigger: str, kind: str = "sweep") -> dict[str, Any]:
+    """The retrain job's configuration: train as of the data's clock, saying what asked for it and which kind
+    of retrain (a sweep, or a refit of the champion's recipe)."""
     op = names.job_name(dataset, "training_dataset")  # the asset's op, named under its dataset's prefix
-    return {"ops": {op: {"config": {"as_of": as_of.isoformat(), "trigger": trigger}}}}
+    return {"ops": {op: {"config": {"as_of": as_of.isoformat(), "trigger": trigger, "kind": kind}}}}
 
 
-def retrain_tags(spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, labelled: int) -> dict[str, str]:
+def retrain_tags(
+    spec: DatasetSpec, as_of: dt.date, trigger: str, reason: str, labelled: int, kind: str = "sweep"
+) -> dict[str, str]:
     return {
+        TAG_KIND: kind,
         # The queue is first in, first out; a retrain the monitors asked for must not wait behind a backfill's
         # daily runs while a drifted model keeps serving.
         "dagster/priority": "10",
@@ -168,15 +191,111 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, cursor: str | None
         return Evaluation(Decision(False, "none", "skip: new reports carry no partition"), None, None, new_cursor)
     baseline = bool(_value(latest_drift, "champion_is_baseline", True)) if latest_drift is not None else True
     state = policy_state(instance, spec, today, baseline)
-    decision = decide(signals, state, policy_from_spec(spec))
+    if spec.policy.decision == "cost":
+        history = past_retrains(instance, spec)
+        decision = decide_cost(
+            signals,
+            state,
+            policy_from_spec(spec),
+            cost_policy_from_spec(spec),
+            history,
+            staleness_evidence(instance, spec, state.last_retrain_day, today),
+            labelled_days(instance, spec),
+        )
+    else:
+        decision = decide(signals, state, policy_from_spec(spec))
     request = None
     if decision.retrain:
         request = dg.RunRequest(
             run_key=f"retrain:{spec.name}:{today.isoformat()}:{decision.trigger}",
-            run_config=training_run_config(spec.name, today, decision.trigger),
-            tags=retrain_tags(spec, today, decision.trigger, decision.reason, state.total_labelled_rows),
+            run_config=training_run_config(spec.name, today, decision.trigger, decision.kind or "sweep"),
+            tags=retrain_tags(
+                spec, today, decision.trigger, decision.reason, state.total_labelled_rows, decision.kind or "sweep"
+            ),
         )
     return Evaluation(decision, today, request, new_cursor)
+
+
+def past_retrains(instance: dg.DagsterInstance, spec: DatasetSpec, limit: int = 50) -> list[PastRetrain]:
+    """The finished retrains, oldest first, from the evaluation reports (kind, CPU, the gate's gain) and the
+    failed runs (a retrain stopped by its CPU budget): what the cost-aware policy learns its prices from."""
+    recs = instance.fetch_materializations(
+        names.asset_key(spec.name, "evaluation_report"), limit=limit, ascending=False
+    ).records
+    out = []
+    for rec in recs:
+        as_of = _value(rec, "as_of")
+        if not as_of:
+            continue
+        delta = _value(rec, "delta")
+        out.append(
+            PastRetrain(
+                day=dt.date.fromisoformat(str(as_of)),
+                kind=str(_value(rec, "retrain_kind", "sweep")),
+                cpu_seconds=float(_value(rec, "cpu_seconds", 0.0) or 0.0),
+                gain=None
+                if delta is None or delta != delta or _value(rec, "against_baseline", False)
+                else float(delta),
+                promoted=bool(_value(rec, "promote", False)),
+            )
+        )
+    failed = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=names.job_name(spec.name, RETRAIN_JOB),
+            tags={TAG_DATASET: spec.name},
+            statuses=[dg.DagsterRunStatus.FAILURE],
+        ),
+        limit=limit,
+    )
+    for r in failed:
+        tags = r.dagster_run.tags
+        if TAG_AS_OF in tags:
+            out.append(
+                PastRetrain(dt.date.fromisoformat(tags[TAG_AS_OF]), tags.get(TAG_KIND, "sweep"), 0.0, None, False, True)
+            )
+    return sorted(out, key=lambda r: r.day)
+
+
+def staleness_evidence(
+    instance: dg.DagsterInstance, spec: DatasetSpec, since: dt.date | None, today: dt.date, max_days: int = 400
+) -> list[DayGap]:
+    """Every day's decay gap and drift flag from the last retrain's day on (the cumulative variant sums over the
+    days after it; the day itself is the level a rejected challenger could not beat)."""
+    start = max(since if since else today, today - dt.timedelta(days=max_days - 1))
+    keys = [(start + dt.timedelta(days=i)).isoformat() for i in range((today - start).days + 1)]
+    perf: dict[str, Any] = {}
+    drift: dict[str, Any] = {}
+    for asset, into in (("performance_report", perf), ("drift_report", drift)):
+        recs = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=names.asset_key(spec.name, asset), asset_partitions=keys),
+            limit=len(keys) * 3,
+            ascending=True,
+        ).records
+        for rec in recs:
+            if rec.partition_key:
+                into[rec.partition_key] = rec  # ascending: the newest materialization of a day wins
+    out = []
+    for k in keys:
+        p, d = perf.get(k), drift.get(k)
+        gap = None
+        if p is not None:
+            got = [_value(p, k) for k in ("reference_value", "window_value", "ci_low", "ci_high")]
+            ref, window, low, high = (None if v is None else float(v) for v in got)
+            gap = decay_gap(spec.metric, ref, window, low, high)
+        drifted = (
+            d is not None
+            and bool(_value(d, "tested", False))
+            and float(_value(d, "drift_share", 0.0)) >= spec.policy.drift_share_threshold
+        )
+        if p is not None or d is not None:
+            out.append(DayGap(dt.date.fromisoformat(k), gap, drifted))
+    return out
+
+
+def labelled_days(instance: dg.DagsterInstance, spec: DatasetSpec) -> int:
+    """Event days with labels so far: the label partitions published, less the label delay."""
+    parts = instance.get_materialized_partitions(names.asset_key(spec.name, "labels"))
+    return max(0, len(parts) - spec.target.label_delay_days)
 
 
 def build_retrain_sensor(spec: DatasetSpec) -> dg.SensorDefinition:

@@ -273,6 +273,8 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 split_days(frame, ds)["holdout"],
                 ds,
             ),
+            "mlops.retrain_kind": str(candidate_models.get("kind", "sweep")),
+            "mlops.retrain_reason": str(context.run.tags.get("mlops/reason", "manual"))[:500],
         }
         mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
         context.log.info(f"registered {ds.model_name} v{mv.version} (gate: {decision['status']})")

@@ -28,6 +28,9 @@ class TrainingConfig(dg.Config):
 
     as_of: str = ""
     trigger: str = "manual"
+    # "sweep": a search over families and hyper-parameters; "refit": the champion's recipe (family,
+    # hyper-parameters, window, weighting) fit on the newest rows, a fraction of a sweep's cost.
+    kind: str = "sweep"
 
 
 def split_days(frame: pd.DataFrame, spec: DatasetSpec) -> dict[str, pd.DataFrame]:
@@ -79,6 +82,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         pointer = {
             "as_of": as_of.isoformat(),
             "trigger": config.trigger,
+            "kind": config.kind,
             "key": key,
             "sha256": sha,
             "rows": len(frame),
@@ -95,6 +99,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "dagster/row_count": len(frame),
                 "as_of": as_of.isoformat(),
                 "trigger": config.trigger,
+                "retrain_kind": config.kind,
                 "sha256": sha,
                 "path": dg.MetadataValue.path(lake.lake().uri(key)),
                 **{f"rows_{k}": len(v) for k, v in parts.items()},
@@ -114,10 +119,122 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         """A budgeted search over model families, hyper-parameters and training windows; every trial is a
         nested MLflow run under this Dagster run's MLflow run, and the leaderboard is in the metadata."""
         ds = spec
-        tags = {"dagster_run_id": context.run_id, "mlops.dataset": ds.name}
-        with mlflow.run(ds.name, run_name=f"sweep-{training_dataset['as_of']}", tags=tags) as parent:
+        kind = training_dataset.get("kind", "sweep")
+        tags = {"dagster_run_id": context.run_id, "mlops.dataset": ds.name, "mlops.retrain_kind": kind}
+        with mlflow.run(ds.name, run_name=f"{kind}-{training_dataset['as_of']}", tags=tags) as parent:
             context.log.info(f"MLflow run {parent.info.run_id} in experiment {ds.name}")
+            if kind == "refit":
+                champion = registry.champion_info(ds.model_name)
+                if champion is not None and not champion.is_baseline and champion.tags.get("mlops.family"):
+                    return _refit(
+                        context,
+                        training_dataset,
+                        lake,
+                        registry,
+                        parent.info.run_id,
+                        {**champion.tags, "mlops.version": champion.version},
+                    )
+                context.log.warning("refit asked for, but the champion has no trained recipe: running a sweep")
             return _sweep(context, training_dataset, lake, registry, parent.info.run_id)
+
+    def _budget_failure(exc: Exception, kind: str) -> dg.Failure:
+        from mlops_assets.ml.cost import CPUBudgetExceeded
+
+        assert isinstance(exc, CPUBudgetExceeded)
+        return dg.Failure(
+            description=str(exc),
+            metadata={"retrain_kind": kind, "cpu_seconds": round(exc.spent, 2), "max_cpu_seconds": exc.budget},
+        )
+
+    def _refit(
+        context: dg.AssetExecutionContext,
+        training_dataset: dict[str, Any],
+        lake: LakeResource,
+        registry: ModelRegistryResource,
+        run_id: str,
+        recipe: dict[str, str],
+    ) -> dg.Output[dict[str, Any]]:
+        """The champion's recipe fit once on every row before the hold-out (train + validation, as the sweep's
+        winner is refit): no search, so its validation score is not measured; the gate judges it on the same
+        hold-out as any challenger."""
+        import json
+
+        import mlflow as mlflow_lib
+        from threadpoolctl import threadpool_limits
+
+        from mlops_assets.ml.automl import SearchSpace, fit_recipe
+        from mlops_assets.ml.cost import CPUBudgetExceeded, Stopwatch, check_budget
+        from mlops_assets.ml.models import log_model
+
+        ds = spec
+        frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
+        parts = split_days(frame, ds)
+        space = SearchSpace.from_dict(ds.search)
+
+        def number(key: str) -> float | None:
+            v = recipe.get(key)
+            return None if v in (None, "", "None", "nan") else float(v)
+
+        window, half_life = number("mlops.window_days"), number("mlops.half_life_days")
+        params = json.loads(recipe.get("mlops.params", "{}"))
+        family = recipe["mlops.family"]
+        full = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
+        with Stopwatch() as sw, threadpool_limits(limits=max(1, space.n_jobs or 1)):
+            model, n_rows = fit_recipe(
+                full,
+                family=family,
+                params=params,
+                window_days=int(window) if window is not None else None,
+                half_life_days=half_life,
+                target=ds.target.name,
+                time_column="event_time",
+                numeric=ds.numeric_features,
+                categorical=ds.categorical_features,
+                task=ds.task,
+                seed=space.seed,
+                max_rows=space.max_rows,
+            )
+        try:
+            check_budget(f"refit of {family}", sw.cpu_seconds, ds.policy.cost.max_cpu_seconds)
+        except CPUBudgetExceeded as exc:
+            raise _budget_failure(exc, "refit") from exc
+        mlflow_lib.log_params({"as_of": training_dataset["as_of"], "kind": "refit", "family": family})
+        mlflow_lib.log_metrics({"cpu_seconds": sw.cpu_seconds, "wall_seconds": sw.wall_seconds, "n_train": n_rows})
+        info = log_model(model, name="model", input_example=parts["valid"][ds.feature_names].head(5))
+        model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
+        context.log.info(f"refit {family} on {n_rows} rows: {sw.cpu_seconds:.1f} CPU-s")
+        pointer = {
+            "model_uri": info.model_uri,
+            "model_sha256": model_sha,
+            "run_id": run_id,
+            "family": family,
+            "params": params,
+            "window_days": int(window) if window is not None else None,
+            "half_life_days": half_life,
+            "valid_score": float("nan"),
+            "metric": ds.metric,
+            "cpu_seconds": sw.cpu_seconds,
+            "wall_seconds": sw.wall_seconds,
+            "trials": 0,
+            "dataset_sha256": training_dataset["sha256"],
+            "kind": "refit",
+        }
+        return dg.Output(
+            pointer,
+            metadata={
+                "retrain_kind": "refit",
+                "best_family": family,
+                "best_window_days": str(pointer["window_days"]),
+                "trials": 0,
+                "refit_rows": n_rows,
+                "cpu_seconds": round(sw.cpu_seconds, 2),
+                "wall_seconds": round(sw.wall_seconds, 2),
+                "recipe_from": f"champion v{recipe.get('mlops.version', '?')} "
+                f"(trained as of {recipe.get('mlops.training_as_of', '?')})",
+                "mlflow_run_id": str(run_id),
+                "model_sha256": model_sha,
+            },
+        )
 
     def _sweep(
         context: dg.AssetExecutionContext,
@@ -148,7 +265,12 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             }
         )
 
+        from mlops_assets.ml.cost import CPUBudgetExceeded, check_budget
+
+        spent = [0.0]
+
         def on_trial(t: TrialResult) -> None:
+            spent[0] += t.cpu_seconds
             with mlflow_lib.start_run(run_name=f"trial-{t.number:02d}-{t.family}", nested=True):
                 mlflow_lib.log_params(
                     {
@@ -178,19 +300,25 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 f"trial {t.number}: {t.family} window={t.window_days} {t.state} {ds.metric}={score} "
                 f"({t.wall_seconds:.1f}s wall, {t.cpu_seconds:.1f}s CPU)"
             )
+            # checked trial by trial: the sweep stops at the first trial that takes it over its budget
+            check_budget(f"sweep after trial {t.number}", spent[0], ds.policy.cost.max_cpu_seconds)
 
-        result = run_sweep(
-            parts["train"],
-            parts["valid"],
-            target=ds.target.name,
-            time_column="event_time",
-            numeric=ds.numeric_features,
-            categorical=ds.categorical_features,
-            task=ds.task,
-            metric=ds.metric,
-            space=space,
-            on_trial=on_trial,
-        )
+        try:
+            result = run_sweep(
+                parts["train"],
+                parts["valid"],
+                target=ds.target.name,
+                time_column="event_time",
+                numeric=ds.numeric_features,
+                categorical=ds.categorical_features,
+                task=ds.task,
+                metric=ds.metric,
+                space=space,
+                on_trial=on_trial,
+            )
+            check_budget("sweep with its refit", result.cpu_seconds, ds.policy.cost.max_cpu_seconds)
+        except CPUBudgetExceeded as exc:
+            raise _budget_failure(exc, "sweep") from exc
         best = result.best
         example = parts["valid"][ds.feature_names].head(5)
         info = log_model(result.best_model, name="model", input_example=example)
@@ -217,10 +345,12 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "wall_seconds": result.wall_seconds,
             "trials": len(result.trials),
             "dataset_sha256": training_dataset["sha256"],
+            "kind": "sweep",
         }
         return dg.Output(
             pointer,
             metadata={
+                "retrain_kind": "sweep",
                 "best_family": best.family,
                 f"best_valid_{ds.metric}": float(best.score or 0.0),
                 "best_window_days": str(best.window_days),
@@ -286,6 +416,11 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         return dg.Output(
             pointer,
             metadata={
+                "as_of": training_dataset["as_of"],
+                "retrain_kind": candidate_models.get("kind", "sweep"),
+                "cpu_seconds": round(float(candidate_models["cpu_seconds"]), 2),
+                # a gain over the baseline says nothing of how fast a trained model goes stale
+                "against_baseline": bool(champion is None or champion.is_baseline),
                 "decision": decision.status,
                 "promote": decision.promote,
                 "reason": decision.reason,

@@ -22,12 +22,14 @@ from typing import Any
 import dagster as dg
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import mlops_assets.defs.ingestion.assets as ingestion_assets
 import mlops_assets.ml.automl as automl
 from mlops_assets.datasets.sources import SourceError
+from mlops_assets.definitions import build_defs
 from mlops_assets.defs.monitoring.sensors import training_run_config
 from mlops_assets.defs.resources import CHAMPION_MOVE_PREFIX, ModelRegistryResource
 from mlops_assets.replay import QUIET
@@ -296,3 +298,25 @@ def test_a_killed_retrain_leaves_the_champion_and_the_next_retrain_works(world: 
     assert after is not None and not after.is_baseline and after.version not in before.versions
     last = world.registry.history(MODEL)[-1]
     assert last["version"] == after.version and last["previous"] == before.version and last["kind"] == "promote"
+
+
+def test_a_retrain_over_its_cpu_budget_is_stopped_and_the_champion_stays(world: World) -> None:
+    """The same deployment with `policy.cost.max_cpu_seconds` no sweep can meet: stopped after its first
+    trial, reported with the budget, nothing registered."""
+    before = snapshot(world)
+    raw = yaml.safe_load(world.settings.spec_path.read_text())
+    raw["policy"]["cost"] = {**raw["policy"].get("cost", {}), "max_cpu_seconds": 0.001}
+    tight = world.tmp / "tight_budget.yaml"
+    tight.write_text(yaml.safe_dump(raw, sort_keys=False))
+    defs = build_defs(world.settings.with_spec(tight))
+    with dg.DagsterInstance.get() as instance:
+        res = defs.resolve_job_def(job("retrain_job")).execute_in_process(
+            instance=instance,
+            run_config={**training_run_config("flights", AS_OF, "cost", "sweep"), **QUIET},
+            raise_on_error=False,
+        )
+    mlflow.end_run()
+    assert not res.success
+    msg = failure_message(res)
+    assert "candidate_models" in msg and "over the budget of 0.001" in msg and "the champion stays" in msg
+    assert snapshot(world) == before

@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 
 from mlops_assets.cli import main as cli_main
 from mlops_assets.config import PROJECT_ROOT, Settings, load_spec
-from mlops_assets.defs.monitoring.sensors import training_run_config
+from mlops_assets.definitions import build_defs
+from mlops_assets.defs.monitoring.sensors import TAG_KIND, TAG_REASON, training_run_config
 from mlops_assets.defs.registry.assets import code_version
 from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
 from mlops_assets.replay import QUIET
@@ -188,3 +189,26 @@ def test_a_tampered_artifact_is_refused_before_it_is_loaded_and_the_champion_sta
     after = world.registry.champion_info(MODEL)
     assert after is not None and (after.version, after.model_sha256) == (champ.version, champ.model_sha256)
     assert world.registry.history(MODEL)[-1]["version"] == champ.version
+
+
+def test_a_refit_reuses_the_champion_recipe_through_the_same_gate_and_registry(world: World) -> None:
+    """The cheap kind of retrain: the champion's family, hyper-parameters and window on the newest rows, judged
+    by the same gate against the champion, registered with its kind and the reason that asked for it."""
+    champ = world.registry.champion_info(MODEL)
+    assert champ is not None and not champ.is_baseline
+    defs = build_defs(world.settings)
+    with dg.DagsterInstance.get() as instance:
+        res = defs.resolve_job_def(job("retrain_job")).execute_in_process(
+            instance=instance,
+            run_config={**training_run_config("flights", LATER_DAYS[-1], "cost", "refit"), **QUIET},
+            tags={TAG_KIND: "refit", TAG_REASON: "test: the staleness cost paid for a refit"},
+        )
+    mlflow.end_run()
+    assert res.success
+    cand = res.output_for_node(job("candidate_models"))
+    assert cand["kind"] == "refit" and cand["trials"] == 0
+    assert cand["family"] == champ.tags["mlops.family"] and cand["params"] == json.loads(champ.tags["mlops.params"])
+    assert res.output_for_node(job("evaluation_report"))["champion_version"] == champ.version
+    newest = max(world.registry.client.search_model_versions(f"name='{MODEL}'"), key=lambda v: int(v.version))
+    assert newest.tags["mlops.retrain_kind"] == "refit"
+    assert newest.tags["mlops.retrain_reason"] == "test: the staleness cost paid for a refit"
