@@ -115,17 +115,15 @@ def test_a_killed_run_worker_is_failed_retried_and_nothing_is_written_twice(tmp_
         kill_worker_at(live, retrain, job("candidate_models"), DagsterEventType.STEP_START, timeout=240)
         killed_at = time.monotonic()
 
-        def retried_with_champion_untouched() -> DagsterRun | None:
-            # read before the retry's status: a move seen here happened while no run had completed
-            champion = registry.champion_info(spec.model_name)
+        # While the killed run is dead and its retry has not reached the champion step, nothing moves.
+        def champion_untouched_until_the_retry() -> DagsterRun | None:
+            moved = registry.history(spec.model_name)[len(moves_before) :]
             retries = live.runs(tags={"dagster/parent_run_id": retrain})
-            if retries and retries[0].status == DagsterRunStatus.SUCCESS:
-                return retries[0]
-            assert champion is not None and champion.version == baseline.version, "moved before a run completed"
-            return None
+            assert all(retries and m["actor"] == f"dagster run {retries[0].run_id[:8]}" for m in moved), moved
+            return retries[0] if retries and retries[0].status == DagsterRunStatus.SUCCESS else None
 
         retrain_retry = poll(
-            retried_with_champion_untouched, 300, "the killed retrain's retry", every=0.5, dump=live.dump
+            champion_untouched_until_the_retry, 300, "the killed retrain's retry", every=0.5, dump=live.dump
         )
         killed = live.instance.get_run_by_id(retrain)
         assert killed is not None and killed.status == DagsterRunStatus.FAILURE
