@@ -203,13 +203,10 @@ def _category_counts(s: pd.Series) -> tuple[dict[Any, int], int]:
     if dtype == np.bool_:
         t = int(np.count_nonzero(s.to_numpy()))
         return _counts_dict([False, True], [len(s) - t, t])
-    if isinstance(dtype, np.dtype) and dtype.kind in "iu" and len(s):
-        x = s.to_numpy()
-        lo, hi = int(x.min()), int(x.max())
-        if hi - lo <= max(len(x), 1024):
-            counts_arr = np.bincount((x - lo).astype(np.intp, copy=False), minlength=hi - lo + 1)
-            nz = np.flatnonzero(counts_arr)
-            return _counts_dict((nz + lo).tolist(), counts_arr[nz].tolist())
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        got = _int_counts(s.to_numpy())
+        if got is not None:
+            return got
     if hasattr(s.array, "__arrow_array__"):
         import pyarrow as pa
 
@@ -218,12 +215,32 @@ def _category_counts(s: pd.Series) -> tuple[dict[Any, int], int]:
     return _counts_dict(list(vc.index), vc.to_numpy().tolist())
 
 
+def _int_counts(x: np.ndarray) -> tuple[dict[Any, int], int] | None:
+    """Integer codes over a range no wider than the column: a bincount, no hashing. None otherwise."""
+    if len(x) == 0:
+        return {}, 0
+    lo, hi = int(x.min()), int(x.max())
+    if hi - lo > max(len(x), 1024):
+        return None
+    counts_arr = np.bincount((x - lo).astype(np.intp, copy=False), minlength=hi - lo + 1)
+    nz = np.flatnonzero(counts_arr)
+    return _counts_dict((nz + lo).tolist(), counts_arr[nz].tolist())
+
+
 def _arrow_category_counts(arr: Any) -> tuple[dict[Any, int], int]:
-    """Counts of an Arrow column by Arrow's own hash kernel (no Python object per row)."""
+    """Counts of an Arrow column: a bincount for integer codes, else Arrow's own hash kernel (no Python
+    object per row either way)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if arr.null_count == len(arr):
         return {}, 0
+    if pa.types.is_integer(arr.type):
+        valid = arr.drop_null() if arr.null_count else arr
+        parts = [c.to_numpy() for c in valid.chunks if len(c)]
+        got = _int_counts(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if got is not None:
+            return got
     vc = pc.value_counts(arr)
     keys = vc.field("values")
     if hasattr(keys, "dictionary_decode"):
@@ -251,19 +268,26 @@ def _pandas_numeric(s: pd.Series, column: str, side: str) -> tuple[np.ndarray, b
 
 
 def _arrow_numeric(arr: Any, column: str, side: str) -> tuple[np.ndarray, bool]:
+    """Chunk by chunk: a chunk without nulls is a zero-copy view of Arrow's buffer; nulls become NaN (and
+    are dropped with NaN and inf), so no Arrow kernel and no pandas conversion runs."""
     import pyarrow as pa
 
     t = arr.type
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)):
         raise ValueError(f"column {column!r} in {side} should hold numbers only (type {t})")
-    owned = False
-    if arr.null_count:
-        arr, owned = arr.drop_null(), True
     if pa.types.is_decimal(t) or pa.types.is_boolean(t) or pa.types.is_float16(t):
-        arr, owned = arr.cast(pa.float64()), True
-    x = arr.to_numpy()
-    # a zero-copy view of Arrow's buffer is read-only; a concatenation of chunks is a private array
-    return _finite(x, bool(x.flags.writeable) and (owned or arr.num_chunks != 1))
+        arr = arr.cast(pa.float64())
+    parts = [
+        c.to_numpy(zero_copy_only=False) if c.null_count else c.to_numpy(zero_copy_only=True)
+        for c in arr.chunks
+        if len(c)
+    ]
+    if not parts:
+        return np.empty(0), True
+    if len(parts) == 1:
+        x = parts[0]
+        return _finite(x, bool(x.flags.writeable) and arr.null_count > 0)
+    return _finite(np.concatenate([p.astype(np.float64, copy=False) for p in parts]), True)
 
 
 class _Buffers:
@@ -311,6 +335,16 @@ def _numeric_values(s: pd.Series, column: str, side: str) -> np.ndarray:
     return _pandas_numeric(s, column, side)[0]
 
 
+def _distinct_sorted(x: np.ndarray) -> np.ndarray:
+    """Distinct values of a non-decreasing array (np.unique would hash or sort again)."""
+    if len(x) < 2:
+        return x
+    keep = np.empty(len(x), dtype=bool)
+    keep[0] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
 def _segment_sums(xs: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Sums of xs[starts[m]:starts[m+1]] (the last one to the end) for non-decreasing `starts`, empty
     segments included, in one pass (`np.add.reduceat` alone gives xs[i] for an empty segment and refuses
@@ -321,7 +355,7 @@ def _segment_sums(xs: np.ndarray, starts: np.ndarray) -> np.ndarray:
     live = starts < ends
     if not live.any():
         return out
-    u = np.unique(starts[live])
+    u = _distinct_sorted(starts[live])
     sums = np.add.reduceat(xs, u)
     out[live] = sums[np.searchsorted(u, starts[live])]
     return out
@@ -344,14 +378,19 @@ def _sketch_numeric(x: np.ndarray, max_atoms: int, owned: bool = False) -> _Nume
     else:
         xs = np.sort(x)
     n = len(xs)
-    std = float(np.std(xs))
     steps = xs[1:] != xs[:-1]
     if int(np.count_nonzero(steps)) + 1 <= max_atoms:
         change = np.flatnonzero(steps) + 1
         starts = np.concatenate([[0], change])
         counts = np.diff(np.concatenate([starts, [n]]))
-        return _NumericSketch(n=n, std=std, exact=True, values=xs[starts], counts=counts.astype(np.int64))
-    bounds = np.unique((np.arange(max_atoms) * n) // max_atoms)
+        values = xs[starts]
+        mean = float(np.dot(values, counts)) / n
+        std = math.sqrt(float(np.dot((values - mean) ** 2, counts)) / n)
+        return _NumericSketch(n=n, std=std, exact=True, values=values, counts=counts.astype(np.int64))
+    centred = xs - float(xs.mean())
+    std = math.sqrt(float(np.dot(centred, centred)) / n)  # np.std's value, with one temporary fewer
+    del centred
+    bounds = _distinct_sorted((np.arange(max_atoms) * n) // max_atoms)
     ends = np.append(bounds[1:], n)
     counts = ends - bounds
     means = np.add.reduceat(xs, bounds) / counts
