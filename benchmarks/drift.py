@@ -253,6 +253,7 @@ def child(side: str, folder: Path, numeric: list[str], categorical: list[str], a
     results: dict[str, list[dict[str, Any]]] = {}
     day_seconds: list[float] = []
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     profile_s = 0.0
     sketch_errors: dict[str, float] = {}
     if side == "evidently":
@@ -280,10 +281,12 @@ def child(side: str, folder: Path, numeric: list[str], categorical: list[str], a
                 for c in res.columns
             ]
     total_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
     peak_kb = rss_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "side": side,
         "total_s": total_s,
+        "cpu_s": cpu_s,
         "profile_s": profile_s,
         "day_s": day_seconds,
         "import_s": import_s,
@@ -385,6 +388,12 @@ def compare_case(
         print(
             f"  (Evidently ran on {total // max(ndays, 1)} of the columns; its time above is the measured time "
             f"x {ev_scale:.2f}; its peak memory is the subset's, so the memory ratio flatters Evidently)"
+        )
+    if "cpu_s" in ours and "cpu_s" in ev:
+        ev_cpu = ev["cpu_s"] * ev_scale
+        print(
+            f"  CPU time (all threads): ours {ours['cpu_s']:.3f} s, Evidently {ev_cpu:.3f} s: "
+            f"{ev_cpu / max(ours['cpu_s'], 1e-9):.1f}x (less sensitive than wall time to other load on the machine)"
         )
     print(f"  per-column decisions the same: {agree}/{total} = {100 * agree / total:.1f}%")
     if expected is not None:

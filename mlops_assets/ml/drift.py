@@ -235,6 +235,9 @@ def _arrow_category_counts(arr: Any) -> tuple[dict[Any, int], int]:
 
     if arr.null_count == len(arr):
         return {}, 0
+    if pa.types.is_boolean(arr.type):
+        n_valid, n_true = len(arr) - arr.null_count, int(pc.sum(arr).as_py() or 0)
+        return _counts_dict([False, True], [n_valid - n_true, n_true])
     if pa.types.is_integer(arr.type):
         valid = arr.drop_null() if arr.null_count else arr
         parts = [c.to_numpy() for c in valid.chunks if len(c)]
