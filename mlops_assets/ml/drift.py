@@ -374,6 +374,16 @@ def _abs_dev_sums(xs: np.ndarray, lo: np.ndarray, hi: np.ndarray, centers: np.nd
     return np.maximum(dev, 0.0)
 
 
+def _std(xs: np.ndarray, mean: float, means: np.ndarray, counts: np.ndarray) -> float:
+    """np.std(xs) in one pass without a temporary: E[x^2] - mean^2 from one dot product, which loses digits
+    only when the mean dwarfs the spread; the slice means tell when, and then it is the two-pass formula."""
+    spread = math.sqrt(float(np.dot((means - mean) ** 2, counts)) / len(xs))  # <= std, from the sketch
+    if spread > 0 and abs(mean) < 1e3 * spread:
+        return math.sqrt(max(float(np.dot(xs, xs)) / len(xs) - mean * mean, 0.0))
+    centred = xs - mean
+    return math.sqrt(float(np.dot(centred, centred)) / len(xs))
+
+
 def _sketch_numeric(x: np.ndarray, max_atoms: int, owned: bool = False) -> _NumericSketch:
     if owned:
         x.sort()
@@ -394,13 +404,12 @@ def _sketch_numeric(x: np.ndarray, max_atoms: int, owned: bool = False) -> _Nume
         mean = float(np.dot(values, counts)) / n
         std = math.sqrt(float(np.dot((values - mean) ** 2, counts)) / n)
         return _NumericSketch(n=n, std=std, exact=True, values=values, counts=counts.astype(np.int64))
-    centred = xs - float(xs.mean())
-    std = math.sqrt(float(np.dot(centred, centred)) / n)  # np.std's value, with one temporary fewer
-    del centred
     bounds = _distinct_sorted((np.arange(max_atoms) * n) // max_atoms)
     ends = np.append(bounds[1:], n)
     counts = ends - bounds
-    means = np.add.reduceat(xs, bounds) / counts
+    sums = np.add.reduceat(xs, bounds)
+    means = sums / counts
+    std = _std(xs, float(sums.sum()) / n, means, counts)
     # W1(reference, its sketch): each value moves to its slice's mean; an upper bound on the sketch's error
     err = float(_abs_dev_sums(xs, bounds, ends, means).sum() / n)
     return _NumericSketch(
