@@ -329,3 +329,22 @@ def test_current_buffers_are_not_modified() -> None:
     profile.compare(cur)
     profile.compare(pa.Table.from_pandas(cur))
     assert np.array_equal(cur["x"].to_numpy(), before)
+
+
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_small_reference_tests_match_scipy_through_both_input_paths(as_arrow: bool) -> None:
+    """K-S and chi-square on random data, with counts taken by the new paths (integer bincount, Arrow hash,
+    Arrow numbers with nulls): the same p-values as scipy on the raw values."""
+    rng = np.random.default_rng(29)
+    for trial in range(5):
+        ref = pd.DataFrame({"x": np.round(rng.normal(0, 1, 700), 1), "k": rng.integers(0, 6, 700)})
+        cur = pd.DataFrame({"x": np.round(rng.normal(0.1 * trial, 1, 900), 1), "k": rng.integers(0, 6, 900)})
+        cur.loc[::9, "x"] = np.nan
+        profile = ReferenceProfile.from_frame(ref, numeric=["x"], categorical=["k"])
+        res = _by_column(profile.compare(pa.Table.from_pandas(cur) if as_arrow else cur))
+        assert res["x"].stattest == "ks"
+        assert res["x"].statistic == pytest.approx(stats.ks_2samp(ref["x"], cur["x"].dropna()).pvalue, rel=1e-9)
+        f_obs = cur["k"].value_counts().sort_index().to_numpy(dtype=float)
+        f_exp = ref["k"].value_counts().sort_index().to_numpy(dtype=float) * len(cur) / len(ref)
+        assert res["k"].stattest == "chisquare"
+        assert res["k"].statistic == pytest.approx(stats.chisquare(f_obs, f_exp).pvalue, rel=1e-9)
