@@ -244,3 +244,30 @@ def recommend_ids(model: Recommender, interactions: pd.DataFrame, users: Sequenc
         return []
     top = model.recommend(history_matrix(model, interactions, users), k)
     return [[str(x) for x in model.item_ids[row]] for row in top]
+
+
+# The bandage: what serves from the first day of data, until the pipeline finds better. Item-item cosine over
+# every interaction so far, 50 neighbours kept per item, popularity for users with no history.
+BANDAGE_FAMILY = "item_knn"
+BANDAGE_PARAMS: dict[str, Any] = {"neighbours": 50, "shrink": 0.0}
+
+
+def fit_bandage(interactions: pd.DataFrame, cutoff: pd.Timestamp) -> Recommender:
+    return Recommender(BANDAGE_FAMILY, BANDAGE_PARAMS).fit(interactions, cutoff)
+
+
+def log_recommender(model: Recommender, *, name: str) -> Any:
+    """Log to the active MLflow run with skops (never pickle), trusting exactly the recommender's type (its
+    state is numpy arrays and plain values, which skops trusts already)."""
+    import mlflow
+
+    from mlops_assets.ml.models import SKOPS_TRUSTED_TYPES as TABULAR_TYPES
+    from mlops_assets.ml.models import pip_requirements
+
+    return mlflow.sklearn.log_model(
+        model,
+        name=name,
+        serialization_format="skops",
+        skops_trusted_types=[*TABULAR_TYPES, *SKOPS_TRUSTED_TYPES],
+        pip_requirements=pip_requirements(),
+    )
