@@ -20,6 +20,7 @@ from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
 from mlops_assets.ml.ranking.metrics import DAY, RELEVANT
 from mlops_assets.ml.ranking.models import ITEM, TIME, USER
 from mlops_assets.storage.feature_sql import FeatureStoreApi
+from mlops_assets.storage.feature_store import FeatureStore
 
 LISTS = "recommendations"  # history table: the lists served each day (day, user, rank, item, model_version)
 SCORES = "ranking_scores"  # history table: each judged user's metrics per day, with the version that served
@@ -289,10 +290,17 @@ def serve_day(
 
 def served_lists(store: FeatureStoreApi, day: dt.date) -> dict[str, tuple[list[str], str]]:
     """{user: (list, model version)} served on `day`."""
-    lists = store.read_history(LISTS)
-    if lists.empty:
-        return {}
-    lists = lists[pd.to_datetime(lists["day"]).dt.date == day].sort_values(["user", "rank"])
+    if isinstance(store, FeatureStore):  # one day of a table that grows by thousands of rows a day
+        with store.connect(read_only=True) as con:
+            if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [LISTS]).fetchone()[0]:  # type: ignore[index]
+                return {}
+            lists = con.execute(f"SELECT * FROM {LISTS} WHERE day = ?", [pd.Timestamp(day)]).df()
+    else:
+        lists = store.read_history(LISTS)
+        if lists.empty:
+            return {}
+        lists = lists[pd.to_datetime(lists["day"]).dt.date == day]
+    lists = lists.sort_values(["user", "rank"])
     return {str(u): (list(g["item"].astype(str)), str(g["model_version"].iloc[0])) for u, g in lists.groupby("user")}
 
 

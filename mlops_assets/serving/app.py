@@ -288,6 +288,9 @@ def create_app(
     app.state.spec = spec
     app.state.watcher = watcher
     app.state.feature_store = store
+    from mlops_assets.serving.recommend import recommend_router  # GET /recommend/{user_id} (ranking specs)
+
+    app.include_router(recommend_router(spec, watcher, store, lock_wait_seconds))
 
     @app.get("/health", response_model=HealthResponse)
     def health() -> Any:

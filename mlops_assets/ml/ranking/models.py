@@ -13,6 +13,7 @@ also searches ("which history to learn from").
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -160,15 +161,7 @@ class Recommender:
         if self.family == "popularity":
             out = np.tile(pop, (n, 1))
         elif self.family == "item_knn":
-            S = sp.csr_matrix(
-                (
-                    self.neighbour_sim.ravel().astype(np.float64),
-                    self.neighbour_idx.ravel(),
-                    np.arange(0, self.neighbour_idx.size + 1, self.neighbour_idx.shape[1]),
-                ),
-                shape=(self.n_items, self.n_items),
-            )
-            out = np.asarray((history @ S).todense())
+            out = np.asarray((history @ _neighbour_matrix(self)).todense())
         elif self.family == "ease":
             out = np.asarray(history @ self.weights.astype(np.float64))
         else:
@@ -201,6 +194,26 @@ class Recommender:
     def describe(self) -> str:
         p = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.family}({p}) window={self.window_days or 'all'} half_life={self.half_life_days or 'none'}"
+
+
+_NEIGHBOURS: weakref.WeakKeyDictionary[Recommender, sp.csr_matrix] = weakref.WeakKeyDictionary()
+
+
+def _neighbour_matrix(model: Recommender) -> sp.csr_matrix:
+    """The KNN's neighbour lists as a sparse item x item matrix, built once per loaded model (kept beside the
+    model, not in it, so the artifact stays exactly what was fitted)."""
+    S = _NEIGHBOURS.get(model)
+    if S is None:
+        S = sp.csr_matrix(
+            (
+                model.neighbour_sim.ravel().astype(np.float64),
+                model.neighbour_idx.ravel(),
+                np.arange(0, model.neighbour_idx.size + 1, model.neighbour_idx.shape[1]),
+            ),
+            shape=(model.n_items, model.n_items),
+        )
+        _NEIGHBOURS[model] = S
+    return S
 
 
 def _als_solve(C: sp.csr_matrix, Y: np.ndarray, reg: float, alpha: float) -> np.ndarray:
