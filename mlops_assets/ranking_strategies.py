@@ -14,6 +14,8 @@ from mlops_assets.ml.ranking.metrics import metric_column
 from mlops_assets.storage.models import load_verified
 from mlops_assets.storage.stores import store_for
 
+MIN_DAYS_PER_WORKER = 10
+
 if TYPE_CHECKING:
     from mlops_assets.replay import ReplayResult
 
@@ -65,8 +67,11 @@ def compare_ranking_strategies(result: ReplayResult) -> RankingComparison:
     ).model
     rows = interactions(spec, store.training_frame(result.days[-1].day))
     days = sorted(served["day"].unique())
-    outputs = Parallel(n_jobs=2)(
-        delayed(judge_fixed_rows)(rows, chunk, k, {"bandage never retrained": bandage}) for chunk in split_days(days, 2)
+    # two worker processes once there is enough to refit: starting one costs seconds of imports
+    workers = 2 if len(days) >= MIN_DAYS_PER_WORKER * 2 else 1
+    outputs = Parallel(n_jobs=workers)(
+        delayed(judge_fixed_rows)(rows, chunk, k, {"bandage never retrained": bandage})
+        for chunk in split_days(days, workers)
     )
     fixed = pd.concat([o[0] for o in outputs if len(o[0])], ignore_index=True)
     cpu: dict[str, float] = {}
