@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import duckdb
-import pandas as pd
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
@@ -113,7 +112,7 @@ def recommend_router(
     @router.get("/recommend/{user_id}", response_model=RecommendResponse)
     def recommend(user_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> Any:
         """The champion's top k for `user_id`, seen items excluded; cold-start users get popular items."""
-        from mlops_assets.ml.ranking.models import ITEM, USER, Recommender, recommend_ids
+        from mlops_assets.ml.ranking.models import Recommender, recommend_for_user
 
         if spec.task != "ranking":
             raise HTTPException(404, f"{spec.name} is a {spec.task} dataset, not a recommender: use /predict")
@@ -126,14 +125,13 @@ def recommend_router(
         if not isinstance(model, Recommender):
             raise HTTPException(500, f"model v{served.version} is not a recommender ({type(model).__name__})")
         seen = index.items_of(user_id)
-        history = pd.DataFrame({USER: [user_id] * len(seen), ITEM: seen})
-        items = recommend_ids(model, history, [user_id], k)[0]
+        items = recommend_for_user(model, seen, k)
         return RecommendResponse(
             model_name=served.name,
             model_version=served.version,
             user_id=user_id,
             k=k,
-            cold_start=history.empty,
+            cold_start=not seen,
             history_items=len(seen),
             items=[RecommendedItem(rank=i + 1, item=x) for i, x in enumerate(items)],
         )

@@ -163,7 +163,8 @@ class Recommender:
         elif self.family == "item_knn":
             out = np.asarray((history @ _neighbour_matrix(self)).todense())
         elif self.family == "ease":
-            out = np.asarray(history @ self.weights.astype(np.float64))
+            # float32 on both sides: an upcast would copy the item x item matrix on every call
+            out = np.asarray(history.astype(np.float32) @ self.weights, dtype=np.float64)
         else:
             V = self.item_factors.astype(np.float64)
             U = _als_solve(
@@ -284,3 +285,18 @@ def log_recommender(model: Recommender, *, name: str) -> Any:
         skops_trusted_types=[*TABULAR_TYPES, *SKOPS_TRUSTED_TYPES],
         pip_requirements=pip_requirements(),
     )
+
+
+_INDEX: weakref.WeakKeyDictionary[Recommender, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def recommend_for_user(model: Recommender, items: Sequence[str], k: int) -> list[str]:
+    """One user's top k from the items they interacted with: the online path, without the frames and indexes
+    `recommend_ids` builds for a batch (the catalogue's index is built once per loaded model)."""
+    index = _INDEX.get(model)
+    if index is None:
+        index = {str(x): i for i, x in enumerate(model.item_ids)}
+        _INDEX[model] = index
+    cols = sorted({index[x] for x in items if x in index})
+    hist = sp.csr_matrix((np.ones(len(cols)), (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, model.n_items))
+    return [str(x) for x in model.item_ids[model.recommend(hist, k)[0]]]
