@@ -28,6 +28,7 @@ from mlops_assets.ml.ranking.models import (
     SKOPS_TRUSTED_TYPES,
     Recommender,
     history_matrix,
+    recommend_for_user,
     recommend_ids,
 )
 
@@ -95,6 +96,8 @@ def test_item_knn_equals_brute_force_cosine() -> None:
     assert not set(top) & {items[a] for a in seen}  # seen items are never recommended
     order = [items[j] for j in np.argsort(-np.where(np.isin(np.arange(len(items)), seen), -np.inf, got))[:5]]
     assert top == order
+    # the online path (one user, no frames) gives the batch path's list
+    assert recommend_for_user(model, list(rows.loc[rows["user"] == user, "item"]), 5) == top
 
 
 def test_ease_is_the_closed_form() -> None:
@@ -218,4 +221,6 @@ def test_every_family_round_trips_through_skops_with_one_trusted_type(family: st
     back = skops.io.loads(blob, trusted=SKOPS_TRUSTED_TYPES)
     hist = history_matrix(model, rows, ["1", "2"])
     assert np.allclose(back.scores(hist), model.scores(hist))
+    seen = list(rows.loc[rows["user"] == "1", "item"])
+    assert recommend_for_user(back, seen, 5) == recommend_ids(model, rows, ["1"], 5)[0]
     assert isinstance(hist, sp.csr_matrix)
