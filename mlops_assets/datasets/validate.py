@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.config import ColumnRule, DatasetSpec
+from mlops_assets.datasets.catalogue import catalogue_rules
 from mlops_assets.datasets.sources import (
     DECODE_ERROR_COLUMN,
     EVENT_TIME_COLUMN,
@@ -246,6 +247,9 @@ def validate_day(
                 )
                 for i in ids:
                     reasons[i].append(reason)
+
+    for mask, reason in catalogue_rules(spec, typed):  # ranking: users and items its side tables know
+        flag(mask, reason)
 
     text = pd.Series([REASON_SEPARATOR.join(r) for r in reasons], index=rows.index)
     accepted_mask = text == ""

@@ -562,6 +562,10 @@ def create_app(
     app.state.spec = spec
     app.state.watcher = watcher
     app.state.feature_store = store
+    from mlops_assets.serving.recommend import recommend_router  # GET /recommend/{user_id} (ranking specs)
+
+    app.include_router(recommend_router(spec, watcher, store, lock_wait_seconds))
+
     # Outermost first on the way in: the guard (token, body cap), then the shortcut for POST /predict.
     app.add_middleware(FastPredict, handler=lambda raw: app.state.predict_payload(raw))
     app.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)

@@ -249,3 +249,102 @@ def test_wasserstein_does_not_assume_sorted_atoms() -> None:
     cur = np.sort(rng.normal(2.5, 1.0, 500))
     expected = wasserstein_distance(cur, atoms, v_weights=counts)
     assert _wasserstein(atoms, counts, cur) == pytest.approx(expected, rel=1e-9)
+
+
+# --- the fast paths: one pass over column buffers, Arrow input, threads ----------------------------------------
+
+
+def test_wasserstein_quantile_form_matches_scipy_on_random_small_samples() -> None:
+    """Many atoms per current value and many values per atom, ties on both sides, shares cut by boundaries:
+    the exact integer grid of the quantile form must give scipy's distance every time."""
+    rng = np.random.default_rng(20)
+    for _ in range(300):
+        k, n = int(rng.integers(1, 40)), int(rng.integers(1, 50))
+        atoms = np.round(rng.normal(0, 1, k), int(rng.integers(0, 3)))
+        counts = rng.integers(1, 15, k)
+        cur = np.sort(np.round(rng.normal(0.3, 1.3, n), int(rng.integers(0, 3))))
+        expected = stats.wasserstein_distance(cur, atoms, v_weights=counts)
+        assert _wasserstein(atoms, counts, cur) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_sketch_error_is_the_exact_mean_distance_to_the_slice_means() -> None:
+    rng = np.random.default_rng(21)
+    x = np.concatenate([rng.lognormal(0, 1.2, 90_000), np.full(10_000, 3.0)])  # a long run of one value
+    sk = _sketch_numeric(x.copy(), 500, owned=True)
+    xs = np.sort(x)
+    direct = np.abs(xs - np.repeat(sk.values, sk.counts)).sum() / len(xs) / np.std(xs)
+    assert sk.sketch_error == pytest.approx(direct, rel=1e-9)
+
+
+def test_arrow_input_with_nulls_chunks_and_dictionaries_matches_pandas() -> None:
+    """The same data as a chunked Arrow table (nulls in numbers, dictionary-encoded strings, booleans with
+    nulls) and as pandas gives the same statistics, so the buffers read from either agree."""
+    rng = np.random.default_rng(22)
+    n = 6000
+    x = rng.normal(0, 1, n)
+    x[::13] = np.nan
+    ints = rng.poisson(4, n).astype(float)
+    ints[::17] = np.nan
+    cats = rng.choice(np.array(["a", "b", "c", "d"], dtype=object), n)
+    cats[::19] = None
+    frame = pd.DataFrame({"x": x, "i": ints, "c": cats, "b": rng.random(n) < 0.3})
+    ref_frame = (
+        _frame(5000, 23)
+        .rename(columns={"k": "i"})
+        .assign(i=lambda d: rng.poisson(4, len(d)).astype(float), b=lambda d: rng.random(len(d)) < 0.35)
+    )
+    profile = ReferenceProfile.from_frame(ref_frame, numeric=["x", "i"], categorical=["c", "b"])
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    arrow_ints = pa.array(frame["i"].to_numpy(), from_pandas=True).cast(pa.int64())
+    table = table.set_column(1, "i", arrow_ints)
+    table = table.set_column(2, "c", pa.array(cats, from_pandas=True).dictionary_encode())
+    chunked = pa.concat_tables([table.slice(0, 2500), table.slice(2500)])
+    assert chunked.column("x").num_chunks == 2
+    expected = profile.compare(frame).to_dict()
+    assert profile.compare(chunked).to_dict() == expected
+    assert profile.compare(frame.astype({"c": "string[pyarrow]"})).to_dict() == expected
+    assert profile.compare(frame.astype({"c": "category"})).to_dict() == expected
+
+
+def test_profile_from_arrow_equals_profile_from_pandas() -> None:
+    ref = _frame(30_000, 24)  # 30k distinct floats: a sketched profile
+    from_pandas = ReferenceProfile.from_frame(ref, numeric=["x", "k"], categorical=["c"])
+    from_arrow = ReferenceProfile.from_frame(pa.Table.from_pandas(ref), numeric=["x", "k"], categorical=["c"])
+    assert from_arrow.to_json() == from_pandas.to_json()
+
+
+def test_threads_give_the_same_result_as_one_thread() -> None:
+    ref, cur = _frame(40_000, 25), _frame(30_000, 26, shift=0.05)
+    one = ReferenceProfile.from_frame(ref, numeric=["x", "k"], categorical=["c"], workers=1)
+    two = ReferenceProfile.from_frame(ref, numeric=["x", "k"], categorical=["c"], workers=2)
+    assert one.to_json() == two.to_json()
+    assert one.compare(cur, workers=1).to_dict() == two.compare(cur, workers=2).to_dict()
+
+
+def test_current_buffers_are_not_modified() -> None:
+    """Sorting happens in place only on private copies: the caller's frame and Arrow buffers stay as given."""
+    ref, cur = _frame(3000, 27), _frame(2000, 28)
+    before = cur["x"].to_numpy().copy()
+    profile = ReferenceProfile.from_frame(ref, numeric=["x", "k"], categorical=["c"])
+    profile.compare(cur)
+    profile.compare(pa.Table.from_pandas(cur))
+    assert np.array_equal(cur["x"].to_numpy(), before)
+
+
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_small_reference_tests_match_scipy_through_both_input_paths(as_arrow: bool) -> None:
+    """K-S and chi-square on random data, with counts taken by the new paths (integer bincount, Arrow hash,
+    Arrow numbers with nulls): the same p-values as scipy on the raw values."""
+    rng = np.random.default_rng(29)
+    for trial in range(5):
+        ref = pd.DataFrame({"x": np.round(rng.normal(0, 1, 700), 1), "k": rng.integers(0, 6, 700)})
+        cur = pd.DataFrame({"x": np.round(rng.normal(0.1 * trial, 1, 900), 1), "k": rng.integers(0, 6, 900)})
+        cur.loc[::9, "x"] = np.nan
+        profile = ReferenceProfile.from_frame(ref, numeric=["x"], categorical=["k"])
+        res = _by_column(profile.compare(pa.Table.from_pandas(cur) if as_arrow else cur))
+        assert res["x"].stattest == "ks"
+        assert res["x"].statistic == pytest.approx(stats.ks_2samp(ref["x"], cur["x"].dropna()).pvalue, rel=1e-9)
+        f_obs = cur["k"].value_counts().sort_index().to_numpy(dtype=float)
+        f_exp = ref["k"].value_counts().sort_index().to_numpy(dtype=float) * len(cur) / len(ref)
+        assert res["k"].stattest == "chisquare"
+        assert res["k"].statistic == pytest.approx(stats.chisquare(f_obs, f_exp).pvalue, rel=1e-9)

@@ -128,7 +128,14 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             context.log.info(f"{day}: no drift test ({described if profile is None else 'no rows today'})")
             meta.update({"drift_share": 0.0, "drift_detected": False, "drifted_columns": [], "tested": False})
             return dg.MaterializeResult(metadata=meta)
-        result = profile.compare(current, drift_share=ds.monitoring.drift_share)
+        columns: list[str] | None = None
+        extra: dict[str, Any] = {}
+        if ds.task == "ranking":  # item popularity, new items and users (defs/ranking.py)
+            from mlops_assets.defs import ranking
+
+            columns, extra = ranking.drift_extras(ds, profile, current)
+            meta.update(extra)
+        result = profile.compare(current, drift_share=ds.monitoring.drift_share, columns=columns)
         table = result.to_frame()
         store.save_history("drift_history", day, table.assign(drift_share=result.drift_share))
         context.log.info(
@@ -200,6 +207,10 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         day = partition_day(context)
         store = feature_store.store(spec)
         champion = registry.champion_info(ds.model_name)
+        if ds.task == "ranking":  # the day's lists against what users did (defs/ranking.py)
+            from mlops_assets.defs import ranking
+
+            return dg.MaterializeResult(metadata=ranking.judge_day(context, ds, store, champion, day))
         window = ds.monitoring.decay_window_days
         scored = store.scored_labels(day - dt.timedelta(days=window + ds.target.label_delay_days), day)
         meta: dict[str, Any] = {

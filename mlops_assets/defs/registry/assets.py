@@ -140,38 +140,57 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             return dg.MaterializeResult(
                 metadata={"registered": False, "reason": f"champion exists (v{current.version})"}
             )
-        frame = feature_store.store(spec).training_frame(pd.Timestamp.max.date())
-        if len(frame):
-            X, y = frame[ds.feature_names], frame[ds.target.name].to_numpy()
-            fitted_on = f"{len(frame)} labelled rows"
+        extra: dict[str, str] = {}
+        if ds.task == "ranking":  # the bandage: item-item CF over the interactions so far (defs/ranking.py)
+            from mlops_assets.defs import ranking
+
+            fitted = ranking.bandage(context, ds, feature_store.store(spec), registry)
+            if fitted is None:
+                why = "no interactions yet: the bandage is fit on the interactions so far, after the first day"
+                context.log.info(why)
+                return dg.MaterializeResult(metadata={"registered": False, "reason": why})
+            model_uri, run_id, sha, fitted_on = (
+                fitted["model_uri"],
+                fitted["run_id"],
+                fitted["sha256"],
+                fitted["fitted_on"],
+            )
+            extra = {"mlops.family": fitted["family"], "mlops.training_as_of": fitted["as_of"]}
         else:
-            X, y = _baseline_frame(ds)
-            fitted_on = "no labels yet (uninformative prior)"
-        from mlops_assets.ml.models import build_model, log_model  # scikit-learn, paid by this step only
+            frame = feature_store.store(spec).training_frame(pd.Timestamp.max.date())
+            if len(frame):
+                X, y = frame[ds.feature_names], frame[ds.target.name].to_numpy()
+                fitted_on = f"{len(frame)} labelled rows"
+            else:
+                X, y = _baseline_frame(ds)
+                fitted_on = "no labels yet (uninformative prior)"
+            from mlops_assets.ml.models import build_model, log_model  # scikit-learn, paid by this step only
 
-        model = build_model(
-            "baseline",
-            {},
-            task=ds.task,
-            numeric=ds.numeric_features,
-            categorical=ds.categorical_features,
-            seed=0,
-        ).fit(X, y)
-        from mlops_assets.defs.resources import ensure_experiment
+            model = build_model(
+                "baseline",
+                {},
+                task=ds.task,
+                numeric=ds.numeric_features,
+                categorical=ds.categorical_features,
+                seed=0,
+            ).fit(X, y)
+            from mlops_assets.defs.resources import ensure_experiment
 
-        mlflow.set_tracking_uri(registry.tracking_uri)
-        exp_root = registry.artifact_root
-        mlflow.set_experiment(experiment_id=ensure_experiment(registry.tracking_uri, ds.name, exp_root))
-        with mlflow.start_run(run_name="baseline") as run:
-            info = log_model(model, name="model", input_example=X.head(2))
-            mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
-        sha = artifact_digest(info.model_uri, registry.tracking_uri)
+            mlflow.set_tracking_uri(registry.tracking_uri)
+            exp_root = registry.artifact_root
+            mlflow.set_experiment(experiment_id=ensure_experiment(registry.tracking_uri, ds.name, exp_root))
+            with mlflow.start_run(run_name="baseline") as run:
+                info = log_model(model, name="model", input_example=X.head(2))
+                mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
+            sha = artifact_digest(info.model_uri, registry.tracking_uri)
+            model_uri, run_id = info.model_uri, run.info.run_id
         mv = register_version(
             registry,
             ds,
-            info.model_uri,
-            run.info.run_id,
+            model_uri,
+            run_id,
             {
+                **extra,
                 "mlops.is_baseline": "true",
                 "mlops.metric": ds.metric,
                 "mlops.model_sha256": sha,

@@ -35,6 +35,10 @@ def build_serving(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         day = partition_day(context)
         store = feature_store.store(spec)
+        if ds.task == "ranking":  # each active user's top k (defs/ranking.py)
+            from mlops_assets.defs import ranking
+
+            return ranking.serve_day(context, ds, store, registry, day)
         champion = registry.champion_info(ds.model_name)
         if champion is None:
             raise dg.Failure(f"no champion for {ds.model_name}: materialize baseline_model first")

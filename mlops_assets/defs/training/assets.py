@@ -249,6 +249,10 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         parts = split_days(frame, ds)
+        if ds.task == "ranking":  # recommenders: ml/ranking, through defs/ranking.py
+            from mlops_assets.defs import ranking
+
+            return ranking.sweep(context, ds, frame, parts, training_dataset, registry, sweep_run_id)
         # scikit-learn and the sweep are imported by the step that trains, not by every process that loads the
         # definitions (a code server of ten datasets loads in half the time without them)
         from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
@@ -386,6 +390,10 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             candidate_models["model_uri"], candidate_models["model_sha256"], registry.tracking_uri
         ).model
         champion = registry.champion_info(ds.model_name)
+        if ds.task == "ranking":  # lists judged day by day on the hold-out (defs/ranking.py)
+            from mlops_assets.defs import ranking
+
+            return ranking.evaluation_output(context, ds, frame, challenger, champion, registry)
         # The same gate an approval re-runs (registry/gate.py); the champion compared with here is recorded so
         # that the alias moves only if it still names this version (compare-and-set in the champion asset).
         outcome = judge(ds, holdout, challenger, champion, registry)

@@ -1,0 +1,139 @@
+"""`GET /recommend/{user_id}?k=`: the champion recommender's top k for one user, next to the prediction
+endpoints of the same service.
+
+The list is the one `batch_predictions` would serve: the model the `champion` alias names (swapped between
+requests by the service's watcher, never during one), scoring the user's interactions so far read from the
+feature store, items the user already interacted with excluded. A user the store has never seen is a cold
+start and gets the popular items of the model's training window. The answer names the model version.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import duckdb
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+from mlops_assets.config import DatasetSpec
+from mlops_assets.serving.model_watcher import ChampionWatcher
+from mlops_assets.storage.feature_sql import EVERYTHING, FeatureStoreApi, _q
+from mlops_assets.storage.feature_store import FeatureStore, is_lock_error
+
+MAX_K = 100
+LOCK_WAIT_SECONDS = 1.0
+
+
+class RecommendedItem(BaseModel):
+    rank: int
+    item: str
+
+
+class RecommendResponse(BaseModel):
+    model_name: str
+    model_version: str
+    user_id: str
+    k: int
+    cold_start: bool
+    history_items: int
+    items: list[RecommendedItem]
+
+
+def all_histories(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float) -> dict[str, list[str]]:
+    """Every user's items so far, waiting briefly for the pipeline's writer on the DuckDB file; past the wait
+    the client gets a 503 to retry, never a request held for a write."""
+    assert spec.ranking is not None
+    if isinstance(store, FeatureStore) and not store.path.exists():
+        raise HTTPException(503, f"no feature store at {store.path} yet: materialize the features first")
+    user, item = _q(spec.ranking.user), _q(spec.ranking.item)
+    sql = (
+        f"SELECT CAST({user} AS VARCHAR) AS u, list(DISTINCT CAST({item} AS VARCHAR)) AS items FROM features GROUP BY 1"
+    )
+    deadline, delay = time.monotonic() + lock_wait, 0.02
+    while True:
+        try:
+            with store._reading(features=EVERYTHING) as con:  # type: ignore[attr-defined]
+                rows = con.execute(sql).fetchall()
+                return {str(u): list(items) for u, items in rows}
+        except duckdb.CatalogException as exc:
+            raise HTTPException(503, f"the feature store has no interactions yet ({exc})") from exc
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if not is_lock_error(exc) or time.monotonic() >= deadline:
+                raise HTTPException(503, f"the feature store is busy ({exc}); retry shortly") from exc
+            time.sleep(delay)
+            delay *= 2
+
+
+class HistoryIndex:
+    """Users' histories in memory, reloaded when the store changes: a DuckDB file connection costs 100+ ms
+    (more while the pipeline writes), which no per-request latency budget affords. The DuckDB file is checked
+    by its modification time at most every `check_seconds`; another backend is reloaded on that period."""
+
+    def __init__(self, spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float, check_seconds: float = 1.0):
+        self.spec, self.store, self.lock_wait, self.check_seconds = spec, store, lock_wait, check_seconds
+        self._histories: dict[str, list[str]] | None = None
+        self._stamp: float | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def _version(self) -> float:
+        if isinstance(self.store, FeatureStore):
+            return max(
+                (
+                    p.stat().st_mtime
+                    for p in (self.store.path, self.store.path.with_suffix(".duckdb.wal"))
+                    if p.exists()
+                ),
+                default=0.0,
+            )
+        return time.monotonic() // max(self.check_seconds, 1e-3)
+
+    def items_of(self, user_id: str) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            if self._histories is None or now - self._checked >= self.check_seconds:
+                self._checked = now
+                stamp = self._version()
+                if self._histories is None or stamp != self._stamp:
+                    self._histories = all_histories(self.spec, self.store, self.lock_wait)
+                    self._stamp = stamp
+            return self._histories.get(user_id, [])
+
+
+def recommend_router(
+    spec: DatasetSpec, watcher: ChampionWatcher, store: FeatureStoreApi, lock_wait: float = LOCK_WAIT_SECONDS
+) -> APIRouter:
+    """The recommender's endpoint for the service of `spec` (a ranking spec; any other answers 404)."""
+    router = APIRouter(tags=["recommend"])
+    index = HistoryIndex(spec, store, lock_wait)
+
+    @router.get("/recommend/{user_id}", response_model=RecommendResponse)
+    def recommend(user_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> Any:
+        """The champion's top k for `user_id`, seen items excluded; cold-start users get popular items."""
+        from mlops_assets.ml.ranking.models import Recommender, recommend_for_user
+
+        if spec.task != "ranking":
+            raise HTTPException(404, f"{spec.name} is a {spec.task} dataset, not a recommender: use /predict")
+        served = watcher.current
+        if served is None:
+            raise HTTPException(
+                503, "no model loaded yet" + (f": {watcher.status.error}" if watcher.status.error else "")
+            )
+        model = served.model
+        if not isinstance(model, Recommender):
+            raise HTTPException(500, f"model v{served.version} is not a recommender ({type(model).__name__})")
+        seen = index.items_of(user_id)
+        items = recommend_for_user(model, seen, k)
+        return RecommendResponse(
+            model_name=served.name,
+            model_version=served.version,
+            user_id=user_id,
+            k=k,
+            cold_start=not seen,
+            history_items=len(seen),
+            items=[RecommendedItem(rank=i + 1, item=x) for i, x in enumerate(items)],
+        )
+
+    return router
