@@ -27,11 +27,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mlops-assets replay --spec mlops_assets/datasets/specs/flights.yaml $(DEMO_ARGS)
 
-## The whole test suite (unit, integration, end-to-end, browser), a test file per worker process: half of the
-## suite's time is waiting (servers starting, the daemon's polls), which the other worker fills.
-TEST_WORKERS ?= 2
+## The whole test suite (unit, integration, end-to-end, browser).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The Dagster UI over the demo's instance.
 ui: $(STAMP)

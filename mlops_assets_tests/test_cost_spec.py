@@ -57,7 +57,9 @@ def test_nothing_to_weigh_and_a_first_model_before_its_hold_out_are_refused(
     assert "policy.bootstrap_min_days is 5" in capsys.readouterr().err
 
 
-def test_shipped_specs_are_cost_aware_with_a_budget() -> None:
+def test_shipped_specs_keep_their_rules_and_carry_a_cost_policy_with_a_budget() -> None:
+    """The shipped specs keep the rules tuned on their year (the cost-aware policy has not matched them over the
+    full year yet); their cost section, with a budget, is what `decision: cost` replays."""
     for name in ("flights.yaml", "chicago_ridership.yaml"):
         spec = load_spec(SPECS_DIR / name)
-        assert spec.policy.decision == "cost" and spec.policy.cost.max_cpu_seconds is not None
+        assert spec.policy.decision == "rules" and spec.policy.cost.max_cpu_seconds is not None

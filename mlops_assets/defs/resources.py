@@ -164,7 +164,19 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
             self._ensure_store()
             mlflow.set_tracking_uri(self.tracking_uri)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            if self.tracking_uri.startswith("sqlite:///"):
+                # The first process to open a new SQLite store creates its tables and runs MLflow's migrations;
+                # two at once (a run and the API's workers, all starting on a fresh folder) break alembic
+                # ("expected to match one row"). One process at a time opens it, under a lock beside the file.
+                import fcntl
+
+                lock_path = Path(self.tracking_uri[len("sqlite:///") :] + ".init.lock")
+                with lock_path.open("w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    client.search_experiments(max_results=1)
+                    client.search_registered_models(max_results=1)
+            self._client = client
         return self._client
 
     def ensure_model(self, name: str) -> None:

@@ -48,7 +48,7 @@ def test_init_then_replay_runs_the_whole_loop(data_dir: Path, tmp_path: Path, ca
     spec = load_spec(spec_path)
     assert f"== {spec.name}: 14 days replayed" in out
     assert "served roc_auc" in out and "first_model" in out
-    assert "Continuous training vs never retrained vs retrained daily" in out
+    assert "Continuous training vs never retrained, a weekly and a daily refit, and the hindsight oracle" in out
     settings = Settings.from_env()
     registry = ModelRegistryResource(
         tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root

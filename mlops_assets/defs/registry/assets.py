@@ -22,11 +22,14 @@ from mlops_assets.defs.resources import (
 )
 from mlops_assets.defs.training.assets import split_days
 from mlops_assets.ml.drift import ReferenceProfile
-from mlops_assets.serving.compiled import registration_tags
+from mlops_assets.serving.compiled import SCORER_REASON_TAG, SCORER_TAG, registration_tags
 from mlops_assets.serving.scoring import scorer_tags
 from mlops_assets.storage.models import artifact_digest
 
 GROUP = "registry"
+# A recommender is served by GET /recommend from its own fitted lists: the tabular compiled scorer has nothing to
+# compile.
+RANKING_SCORER_TAGS = {SCORER_TAG: "plain", SCORER_REASON_TAG: "ranking models are served by /recommend"}
 
 
 @lru_cache(maxsize=1)
@@ -155,7 +158,11 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 fitted["sha256"],
                 fitted["fitted_on"],
             )
-            extra = {"mlops.family": fitted["family"], "mlops.training_as_of": fitted["as_of"]}
+            extra = {
+                "mlops.family": fitted["family"],
+                "mlops.training_as_of": fitted["as_of"],
+                **RANKING_SCORER_TAGS,
+            }
         else:
             frame = feature_store.store(spec).training_frame(pd.Timestamp.max.date())
             if len(frame):
@@ -184,6 +191,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
             sha = artifact_digest(info.model_uri, registry.tracking_uri)
             model_uri, run_id = info.model_uri, run.info.run_id
+            extra = registration_tags(model, X, ds.numeric_features, ds.categorical_features)
         mv = register_version(
             registry,
             ds,
@@ -199,7 +207,6 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "mlops.spec_hash": ds.spec_hash,
                 "mlops.dagster_run_id": context.run_id,
                 "mlops.gate": "first_model",
-                **registration_tags(model, X, ds.numeric_features, ds.categorical_features),
             },
         )
         outcome = registry.move_champion(
@@ -285,12 +292,16 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "mlops.compared_with": str(evaluation_report["champion_version"] or "none"),
             "mlops.cpu_seconds": f"{candidate_models['cpu_seconds']:.2f}",
             # How the online API will score it: compiled only if proven equal on this hold-out.
-            **scorer_tags(
-                candidate_models["model_uri"],
-                candidate_models["model_sha256"],
-                registry.tracking_uri,
-                split_days(frame, ds)["holdout"],
-                ds,
+            **(
+                scorer_tags(
+                    candidate_models["model_uri"],
+                    candidate_models["model_sha256"],
+                    registry.tracking_uri,
+                    split_days(frame, ds)["holdout"],
+                    ds,
+                )
+                if ds.task != "ranking"
+                else RANKING_SCORER_TAGS
             ),
             "mlops.retrain_kind": str(candidate_models.get("kind", "sweep")),
             "mlops.retrain_reason": str(context.run.tags.get("mlops/reason", "manual"))[:500],

@@ -1,6 +1,6 @@
-"""The retrain sensor in cost mode (the shipped flights spec) against a real instance: the first model as soon
-as a hold-out exists, then refits once measured decay has cost what a refit costs, each with its reason, kind
-and cost in the request's tags and config."""
+"""The retrain sensor in cost mode (the shipped flights spec with `decision: cost`) against a real instance: the
+first model as soon as a hold-out exists, then refits once measured decay has cost what a refit costs, each
+with its reason, kind and cost in the request's tags and config."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from mlops_assets.config import DEFAULT_SPEC, load_spec
 from mlops_assets.defs import names
 from mlops_assets.defs.monitoring.sensors import RETRAIN_JOB, TAG_KIND, build_retrain_sensor
 
-SPEC = load_spec(DEFAULT_SPEC)
+_SHIPPED = load_spec(DEFAULT_SPEC)
+# the cost decides; the guards stay as safety (a day of flights of new labels, three retrains a week at most)
+COST = {"decision": "cost", "cooldown_days": 0, "max_per_week": 3, "min_new_labelled_rows": 800}
+SPEC = _SHIPPED.model_copy(update={"policy": _SHIPPED.policy.model_copy(update=COST)})
 D0 = dt.date(2013, 1, 1)
 
 

@@ -219,7 +219,7 @@ def test_a_blocking_check_failing_on_a_bad_day_leaves_the_champion(
 ) -> None:
     before = snapshot(world)
 
-    def unreadable(spec: Any, day: dt.date) -> Any:
+    def unreadable(spec: Any, day: dt.date, manifest: Any = None) -> Any:
         raise SourceError(f"flights-{day:%Y%m%d}.csv: truncated file (injected)")
 
     monkeypatch.setattr(ingestion_assets, "read_delivery", unreadable)
