@@ -35,6 +35,8 @@ ESTIMATOR_STEP = "estimator"
 # that HistGradientBoosting's internal categorical preprocessor holds.
 SKOPS_TRUSTED_TYPES: list[str] = [
     "functools.partial",
+    # the recommenders' one class (ml/ranking/models.py): plain numpy arrays and dicts under a family name
+    "mlops_assets.ml.ranking.models.Recommender",
     "numpy.dtype",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",

@@ -532,6 +532,8 @@ def create_app(
     def prepare(info: Any, model: Any) -> Any:
         from mlops_assets.serving.scoring import Scoring, build_scoring
 
+        if spec.task == "ranking":  # a recommender answers GET /recommend itself: nothing to compile or prove
+            return model
         scoring = build_scoring(info, model, spec)
         if not compile_models:
             return Scoring("plain", "plain path (compilation turned off)", None, model, tuple(names))
