@@ -101,7 +101,7 @@ def sweep(
     """The ranking sweep inside the step's MLflow run, each trial a nested run; same pointer as tabular."""
     import mlflow as mlflow_lib
 
-    from mlops_assets.ml.automl import TrialResult
+    from mlops_assets.ml.automl import TrialResult, sweep_pointer
     from mlops_assets.ml.ranking.models import log_recommender
     from mlops_assets.ml.ranking.sweep import RankingSpace, run_ranking_sweep
     from mlops_assets.storage.models import artifact_digest
@@ -168,21 +168,14 @@ def sweep(
         }
     )
     board = result.leaderboard()
-    pointer = {
-        "model_uri": info.model_uri,
-        "model_sha256": model_sha,
-        "run_id": sweep_run_id,
-        "family": best.family,
-        "params": best.params,
-        "window_days": best.window_days,
-        "half_life_days": best.half_life_days,
-        "valid_score": best.score,
-        "metric": metric,
-        "cpu_seconds": result.cpu_seconds,
-        "wall_seconds": result.wall_seconds,
-        "trials": len(result.trials),
-        "dataset_sha256": training_dataset["sha256"],
-    }
+    pointer = sweep_pointer(
+        result,
+        model_uri=info.model_uri,
+        model_sha256=model_sha,
+        run_id=sweep_run_id,
+        metric=metric,
+        dataset_sha256=training_dataset["sha256"],
+    )
     return dg.Output(
         pointer,
         metadata={

@@ -538,3 +538,26 @@ def run_sweep(
         )
     total.__exit__(None, None, None)
     return SweepResult(results, best, model, metric, total.wall_seconds, total.cpu_seconds, n_refit, notes, workers)
+
+
+def sweep_pointer(
+    result: Any, *, model_uri: str, model_sha256: str, run_id: str, metric: str, dataset_sha256: str
+) -> dict[str, Any]:
+    """What `candidate_models` hands downstream about a sweep's winner, the same for every task (tabular and
+    ranking sweeps both): the registry, the gate and the replay's summary read these keys."""
+    best = result.best
+    return {
+        "model_uri": model_uri,
+        "model_sha256": model_sha256,
+        "run_id": run_id,
+        "family": best.family,
+        "params": best.params,
+        "window_days": best.window_days,
+        "half_life_days": best.half_life_days,
+        "valid_score": best.score,
+        "metric": metric,
+        "cpu_seconds": result.cpu_seconds,
+        "wall_seconds": result.wall_seconds,
+        "trials": len(result.trials),
+        "dataset_sha256": dataset_sha256,
+    }

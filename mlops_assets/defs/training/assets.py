@@ -255,7 +255,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             return ranking.sweep(context, ds, frame, parts, training_dataset, registry, sweep_run_id)
         # scikit-learn and the sweep are imported by the step that trains, not by every process that loads the
         # definitions (a code server of ten datasets loads in half the time without them)
-        from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep
+        from mlops_assets.ml.automl import SearchSpace, TrialResult, run_sweep, sweep_pointer
         from mlops_assets.ml.models import log_model
 
         space = SearchSpace.from_dict(ds.search)
@@ -335,22 +335,14 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             }
         )
         board = result.leaderboard()
-        pointer = {
-            "model_uri": info.model_uri,
-            "model_sha256": model_sha,
-            "run_id": sweep_run_id,
-            "family": best.family,
-            "params": best.params,
-            "window_days": best.window_days,
-            "half_life_days": best.half_life_days,
-            "valid_score": best.score,
-            "metric": ds.metric,
-            "cpu_seconds": result.cpu_seconds,
-            "wall_seconds": result.wall_seconds,
-            "trials": len(result.trials),
-            "dataset_sha256": training_dataset["sha256"],
-            "kind": "sweep",
-        }
+        pointer = sweep_pointer(
+            result,
+            model_uri=info.model_uri,
+            model_sha256=model_sha,
+            run_id=sweep_run_id,
+            metric=ds.metric,
+            dataset_sha256=training_dataset["sha256"],
+        ) | {"kind": "sweep"}
         return dg.Output(
             pointer,
             metadata={
