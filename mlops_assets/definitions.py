@@ -143,7 +143,7 @@ def build_dataset_defs(spec: DatasetSpec, settings: Settings, executor: dg.Execu
             assets=assets,
             jobs=[daily_job, retrain_job, bootstrap_job],
             schedules=[daily_schedule, weekly_retrain],
-            sensors=[build_retrain_sensor(spec)],
+            sensors=[build_retrain_sensor(spec, jobs=[retrain_job, daily_job])],
         ),
     )
 

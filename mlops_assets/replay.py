@@ -187,6 +187,13 @@ def replay(
         )
         return res.run_id, res.success
 
+    def evaluate_sensor(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=sensor_name)
+        ctx.log.setLevel(logging.WARNING)  # the decision goes to the summary and the bar, not a line a day
+        result = sensor(ctx)
+        assert isinstance(result, dg.SensorResult)
+        return result
+
     session = uuid.uuid4().hex[:12]  # tags every run this replay launches: what a stop has to settle
 
     def run(
@@ -235,14 +242,20 @@ def replay(
                 raw_md = _latest_metadata(instance, names.asset_key(spec.name, "raw_batches"), pk)
                 drift_md = _latest_metadata(instance, names.asset_key(spec.name, "drift_report"), pk)
                 perf_md = _latest_metadata(instance, names.asset_key(spec.name, "performance_report"), pk)
-                ctx = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=sensor_name)
-                ctx.log.setLevel(logging.WARNING)  # the decision goes to the summary and the bar, not a line a day
-                result = sensor(ctx)
-                assert isinstance(result, dg.SensorResult)
+                result = evaluate_sensor(instance, cursor)
                 cursor = result.cursor
+                for _ in range(3):  # a day scored by a champion that has moved since is re-scored, then decided
+                    refresh = [r for r in result.run_requests or [] if r.job_name == daily.name]
+                    if not refresh:
+                        break
+                    for r in refresh:
+                        run(instance, daily.name, QUIET, dict(r.tags), r.partition_key)
+                    result = evaluate_sensor(instance, cursor)
+                    cursor = result.cursor
                 retrain_info = None
-                if result.run_requests:
-                    rr = result.run_requests[0]
+                wanted = [r for r in result.run_requests or [] if r.job_name in (None, retrain.name)]
+                if wanted:
+                    rr = wanted[0]
                     decision = rr.tags.get(TAG_REASON, "retrain")
                     if rr.run_key not in launched:
                         launched.add(rr.run_key or "")

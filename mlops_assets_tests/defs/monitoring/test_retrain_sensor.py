@@ -89,7 +89,7 @@ def test_first_tick_with_nothing_reported_skips_and_keeps_an_empty_cursor(instan
     result = tick(instance, sensor, None)
     assert not result.run_requests
     assert result.skip_reason and "no new" in result.skip_reason.skip_message
-    assert json.loads(result.cursor or "{}") == {"decay": 0, "drift": 0}
+    assert json.loads(result.cursor or "{}") == {"through": None}
 
 
 def test_drifted_day_requests_one_run_and_a_second_evaluation_does_not_repeat_it(instance, sensor) -> None:
@@ -101,8 +101,7 @@ def test_drifted_day_requests_one_run_and_a_second_evaluation_does_not_repeat_it
     assert req.run_key == "retrain:flights:2013-02-01:drift"
     assert req.tags[TAG_AS_OF] == "2013-02-01" and "drift" in req.tags["mlops/reason"]
     assert req.run_config["ops"][job("training_dataset")]["config"]["as_of"] == "2013-02-01"
-    cursor = json.loads(first.cursor or "{}")
-    assert cursor["drift"] > 0 and cursor["decay"] > 0
+    assert json.loads(first.cursor or "{}") == {"through": "2013-02-01"}
     again = tick(instance, sensor, first.cursor)
     assert not again.run_requests and again.cursor == first.cursor
 
@@ -236,3 +235,93 @@ def test_a_run_killed_long_ago_no_longer_blocks_retraining(instance, flights_set
     assert policy_state(instance, ds, day, False).run_in_flight
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=ds.policy.stale_run_hours + 1)
     assert not policy_state(instance, ds, day, False, now=later).run_in_flight
+
+
+def daily_run(instance: dg.DagsterInstance, day: str, status: dg.DagsterRunStatus) -> None:
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=job("daily_job"), run_id=make_new_run_id(), tags={"dagster/partition": day}, status=status
+        )
+    )
+
+
+def champion_moved(instance: dg.DagsterInstance, version: str) -> None:
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(akey("champion"), metadata={"champion_version": version, "moved": True})
+    )
+
+
+def test_a_backfill_is_decided_in_day_order_whatever_order_its_days_finish_in(instance, sensor) -> None:
+    """Day 2 finished first while day 1's run is still going: nothing is decided until day 1 is in."""
+    daily_run(instance, "2013-02-01", dg.DagsterRunStatus.STARTED)
+    report(instance, "2013-02-02", labelled=31000, drift=0.9, decay=False)
+    waiting = tick(instance, sensor, None)
+    assert not waiting.run_requests
+    assert waiting.skip_reason and "waiting" in waiting.skip_reason.skip_message
+    assert "2013-02-01" in waiting.skip_reason.skip_message
+    report(instance, "2013-02-01", labelled=30000, drift=0.9, decay=False)
+    for r in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        instance.report_run_failed(r)  # day 1's run has ended (how does not matter: it no longer holds the day)
+    first = tick(instance, sensor, waiting.cursor)
+    assert [r.tags[TAG_AS_OF] for r in first.run_requests] == ["2013-02-01"]  # day 1 first, as in a replay
+    assert json.loads(first.cursor or "{}") == {"through": "2013-02-01"}
+
+
+def test_a_day_scored_by_a_champion_that_moved_since_is_rescored_before_it_is_decided(instance, sensor) -> None:
+    champion_moved(instance, "3")
+    report(instance, "2013-02-01", labelled=30000, drift=0.9, decay=False)  # computed with v2
+    result = tick(instance, sensor, None)
+    assert result.skip_reason is None or "re-scoring" in result.skip_reason.skip_message
+    [refresh] = result.run_requests
+    assert refresh.job_name == job("daily_job") and refresh.partition_key == "2013-02-01"
+    assert set(refresh.asset_selection or []) == {
+        akey("batch_predictions"),
+        akey("drift_report"),
+        akey("performance_report"),
+    }
+    assert json.loads(result.cursor or "{}") == {"through": "2013-01-31"}  # the day is not decided yet
+    # the re-scored day: the reports now carry the champion that serves
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            akey("drift_report"),
+            partition="2013-02-01",
+            metadata={"drift_share": 0.9, "drift_detected": True, "tested": True, "champion_version": "3"},
+        )
+    )
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            akey("performance_report"),
+            partition="2013-02-01",
+            metadata={"window_value": 0.7, "decay_detected": False, "champion_version": "3"},
+        )
+    )
+    decided = tick(instance, sensor, result.cursor)
+    assert [r.tags[TAG_AS_OF] for r in decided.run_requests] == ["2013-02-01"]
+
+
+def test_no_day_is_decided_while_a_retrain_of_the_dataset_is_in_flight(instance, sensor) -> None:
+    """Its outcome is the champion the next day is judged with: deciding before it would judge another."""
+    report(instance, "2013-02-01", labelled=30000, drift=0.05, decay=False)
+    report(instance, "2013-02-02", labelled=31000, drift=0.05, decay=False)
+    quiet = tick(instance, sensor, None)
+    assert json.loads(quiet.cursor or "{}") == {"through": "2013-02-02"}
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=job("approve_job"),
+            run_id=make_new_run_id(),
+            tags={"mlops/dataset": "flights"},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+    )
+    report(instance, "2013-02-03", labelled=32000, drift=0.9, decay=False)
+    held = tick(instance, sensor, quiet.cursor)
+    assert not held.run_requests and held.cursor == quiet.cursor
+    assert held.skip_reason and "in flight" in held.skip_reason.skip_message
+
+
+def test_a_day_whose_run_failed_for_good_is_passed_over(instance, sensor) -> None:
+    report(instance, "2013-02-01", labelled=30000, drift=0.05, decay=False)
+    daily_run(instance, "2013-02-02", dg.DagsterRunStatus.FAILURE)
+    report(instance, "2013-02-03", labelled=32000, drift=0.05, decay=False)
+    result = tick(instance, sensor, None)
+    assert json.loads(result.cursor or "{}") == {"through": "2013-02-03"}
