@@ -153,7 +153,8 @@ def summarize(data_dir: Path, spec: DatasetSpec) -> dict[str, Any]:
             mats = materialization_times(instance, names.asset_key(spec.name, asset))
             if not len(mats):
                 continue
-            latest = mats.sort_values("storage_id").groupby("partition").last()
+            # the newest row of each day, as it is: groupby().last() would take each column's newest non-null
+            latest = mats.sort_values("storage_id").groupby("partition").tail(1).set_index("partition")
             for day, row in latest.iterrows():
                 rec = out["days"].setdefault(day, {})
                 for c in cols:
@@ -242,7 +243,12 @@ def main() -> int:
     p.add_argument("--days", type=int, default=60)
     p.add_argument("--keep", action="store_true", help="keep the work folder (both data folders, logs)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds for the backfill to settle")
+    p.add_argument("--compare", metavar="WORK", help="only compare the two deployments of a kept work folder")
     args = p.parse_args()
+    if args.compare:
+        work = Path(args.compare)
+        spec = load_spec(work / "flights_live.yaml")
+        return 0 if compare(summarize(work / "replay", spec), summarize(work / "live", spec)) else 1
     work = Path(tempfile.mkdtemp(prefix="live_backfill_"))
     try:
         drops = work / "drops"

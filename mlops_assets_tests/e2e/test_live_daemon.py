@@ -48,26 +48,26 @@ def bootstrap_rows(labelled: dict[dt.date, int]) -> int:
     """The labelled rows that ask for the first model, sized so that the sensor fires in the middle of the
     backfill and the training set then has enough whole days, whatever order the days' runs finish in.
 
-    The sensor counts every label materialized so far while the retrain trains on the labels arrived by the
-    newest report day it saw; with two runs in flight, up to two days' labels can be counted but not yet
-    reported, so the threshold is one row more than the largest `hold-out + validation + 2` days: any set of
-    days reaching it holds at least `hold-out + validation + 1` days after dropping two."""
+    The sensor decides the days in order and counts the labels arrived by the day it decides, which the
+    retrain then trains on; one row more than the largest `hold-out + validation + 2` days of labels means
+    the first model is asked for once at least `hold-out + validation + 3` days are labelled: enough whole
+    days for the sweep and the gate, and still before the last day."""
     arrived = sorted((labelled[d] for d in DAYS[:-1]), reverse=True)  # the last day's labels arrive after it
     return sum(arrived[: HOLDOUT_DAYS + VALIDATION_DAYS + 2]) + 1
 
 
 def firing_report(live: Live, run_id: str) -> tuple[str, str | None, float]:
-    """(asset, partition, timestamp) of the newest report the firing tick had read: its cursor holds the
-    storage ids of the last drift and performance reports it counted."""
+    """(asset, partition, timestamp) of the report that completed the evidence for the retrain: the newest
+    drift or performance report, of the day the firing tick decided (its cursor), written before the tick."""
     tick = next(t for t in live.sensor_ticks(SENSOR) if run_id in t["runIds"])
-    seen = json.loads(tick["cursor"])
+    day = json.loads(tick["cursor"])["through"]
     newest: tuple[str, str | None, float] | None = None
-    for asset, kind in (("drift_report", "drift"), ("performance_report", "decay")):
+    for asset in ("drift_report", "performance_report"):
         mats = materialization_times(live.instance, akey(asset))
-        hit = mats[mats["storage_id"] == seen.get(kind)]
-        if len(hit) and (newest is None or hit["timestamp"].iloc[0] > newest[2]):
-            newest = (asset, hit["partition"].iloc[0], float(hit["timestamp"].iloc[0]))
-    assert newest is not None, f"the firing tick's cursor names no report: {tick}"
+        hit = mats[(mats["partition"] == day) & (mats["timestamp"] <= tick["timestamp"])]
+        if len(hit) and (newest is None or hit["timestamp"].max() > newest[2]):
+            newest = (asset, day, float(hit["timestamp"].max()))
+    assert newest is not None, f"no report of the day the firing tick decided: {tick}"
     return newest
 
 
