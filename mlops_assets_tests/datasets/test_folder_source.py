@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -119,3 +120,22 @@ def test_a_day_reads_only_its_files_and_a_changed_file_is_noticed(tmp_path: Path
         n, _, files, _, problems = _read(spec, lake, DAYS[20])
         assert n > 0 and len(problems) == 1 and "ends mid-row" in problems[0] and "whole rows" in problems[0]
     assert _read(spec, lake, DAYS[21])[4] == []
+
+
+def test_the_manifest_is_plain_json_and_a_write_by_another_process_is_seen(tmp_path: Path) -> None:
+    """A process keeps what it parsed and serialized (so a day touches only changed entries); the stored
+    file stays the JSON document any reader parses, and other bytes there are parsed anew."""
+    _, spec_path = make_folder(tmp_path, broken=False)
+    spec = load_spec(spec_path)
+    lake = tmp_path / "lake"
+    _read(spec, lake, DAYS[0])
+    path = lake / manifest_key("toy")
+    doc = json.loads(path.read_bytes())
+    assert set(doc) == {"fingerprint", "files"} and len(doc["files"]) == 40
+    assert SourceManifest(spec, LocalBackend(lake)).entries == doc["files"]
+    # another process forgot one file's entry: this process reads the new bytes, not what it kept
+    name = next(iter(doc["files"]))
+    del doc["files"][name]
+    path.write_text(json.dumps(doc))
+    again = SourceManifest(spec, LocalBackend(lake))
+    assert name not in again.entries and len(again.entries) == 39
