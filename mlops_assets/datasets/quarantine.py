@@ -225,6 +225,11 @@ def quarantined_days(lake: Lake, spec: DatasetSpec) -> list[str]:
     return sorted(d for d in days if d and not d.startswith(NO_DAY))
 
 
+def _tail(path: object, width: int = 60) -> object:
+    text = str(path)
+    return text if not isinstance(path, str) or len(text) <= width else "…" + text[-(width - 1) :]
+
+
 def run_cli(
     settings: Settings, action: str, day: str | None, *, out: str | None, fixed: str | None, run: bool, limit: int
 ) -> int:
@@ -265,7 +270,10 @@ def run_cli(
                 print(f"{spec.name}: nothing quarantined" + (f" on {day}" if day else ""))
                 return 0
             cols = ["_day", SOURCE_FILE_COLUMN, SOURCE_ROW_COLUMN, REASON_COLUMN]
-            print(rows[cols].head(limit).to_string(index=False, max_colwidth=90))
+            shown = rows[cols].head(limit).copy()
+            # a long path keeps its end (the file's name), not its start: pandas would cut the name off
+            shown[SOURCE_FILE_COLUMN] = shown[SOURCE_FILE_COLUMN].map(_tail)
+            print(shown.to_string(index=False, max_colwidth=90))
             if out:
                 rows.drop(columns=["_key"], errors="ignore").to_csv(out, index=False)
                 print(
