@@ -64,12 +64,12 @@ def _raw(info: SourceFile) -> dict[str, Any]:
     return {k: getattr(info, k) for k in _FIELDS}
 
 
-def _entry_text(name: str, raw: dict[str, Any]) -> str:
-    """An entry's compact JSON, serialized once per version of the entry."""
+def _member(name: str, raw: dict[str, Any]) -> str:
+    """An entry as the `"name":{...}` member of the stored object, serialized once per version of the entry."""
     cached = _TEXT.get(name)
     if cached is not None and cached[0] is raw:
         return cached[1]
-    text = json.dumps(raw, separators=(",", ":"))
+    text = f"{json.dumps(name)}:{json.dumps(raw, separators=(',', ':'))}"
     _TEXT[name] = (raw, text)
     return text
 
@@ -169,7 +169,7 @@ class SourceManifest:
             if name in self.entries:
                 merged[name] = self.entries[name]
         self.entries = merged
-        files = ",".join(f"{json.dumps(name)}:{_entry_text(name, raw)}" for name, raw in merged.items())
+        files = ",".join([_member(name, raw) for name, raw in merged.items()])
         self.loaded = f'{{"fingerprint":{json.dumps(self.fingerprint)},"files":{{{files}}}}}'.encode()
         self.backend.put(self.key, self.loaded)
         _PARSED[self.address] = (self.loaded, dict(merged))
