@@ -91,8 +91,9 @@ def prepare_home(settings: Settings, spec: DatasetSpec, *, fresh: bool) -> Path:
 def forget_dataset(settings: Settings, spec: DatasetSpec) -> None:
     """Remove one dataset's state: its feature store, its lake folders, IO outputs and reports, its registered
     model, and its runs and materializations in the instance."""
-    import mlflow
     from mlflow.exceptions import MlflowException
+
+    from mlops_assets.defs.resources import mlflow_client
 
     store = duckdb_file(settings.data_dir, spec.name)
     doomed = [store, store.with_suffix(".duckdb.wal"), store.with_suffix(".duckdb.tmp")]
@@ -110,7 +111,7 @@ def forget_dataset(settings: Settings, spec: DatasetSpec) -> None:
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         db = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
         if db.exists():
-            client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+            client = mlflow_client(settings.mlflow_tracking_uri)
             with contextlib.suppress(MlflowException):  # never registered
                 client.delete_registered_model(spec.model_name)
     with dg.DagsterInstance.get() as instance:

@@ -160,23 +160,10 @@ class ModelRegistryResource(dg.ConfigurableResource):
     def client(self) -> Any:
         if self._client is None:
             import mlflow
-            from mlflow import MlflowClient
 
             self._ensure_store()
             mlflow.set_tracking_uri(self.tracking_uri)
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            if self.tracking_uri.startswith("sqlite:///"):
-                # The first process to open a new SQLite store creates its tables and runs MLflow's migrations;
-                # two at once (a run and the API's workers, all starting on a fresh folder) break alembic
-                # ("expected to match one row"). One process at a time opens it, under a lock beside the file.
-                import fcntl
-
-                lock_path = Path(self.tracking_uri[len("sqlite:///") :] + ".init.lock")
-                with lock_path.open("w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    client.search_experiments(max_results=1)
-                    client.search_registered_models(max_results=1)
-            self._client = client
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def ensure_model(self, name: str) -> None:
@@ -319,14 +306,35 @@ class ModelRegistryResource(dg.ConfigurableResource):
         return MoveOutcome(True, str(version), now, expected_previous, lock)
 
 
+def mlflow_client(tracking_uri: str) -> Any:
+    """An MLflow client whose store is safe to open first.
+
+    The first process to open a new SQLite store creates its tables and runs MLflow's migrations, and MLflow
+    opens the store in the client's constructor; two processes doing it at once (a run and the API's workers,
+    all starting on a fresh folder) break alembic ("table datasets already exists", "expected to match one
+    row"). So a client of a SQLite store is built, and both of its stores opened, under a lock beside the file.
+    """
+    from mlflow import MlflowClient
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri)
+    import fcntl
+
+    lock_path = Path(tracking_uri[len("sqlite:///") :] + ".init.lock")
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
     """Create the experiment with an explicit artifact location: MLflow's default for a SQLite store is
     ./mlruns under whatever directory the process started in."""
-    from mlflow import MlflowClient
-
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
