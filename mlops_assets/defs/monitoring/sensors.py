@@ -1,8 +1,8 @@
-"""The retrain sensor: turns drift and performance reports into one retrain decision, with its reason.
+"""The retrain sensor: turns each day's drift and performance reports into one retrain decision, with its reason.
 
 State that must survive a restart (past retrains, runs in flight, labelled rows) is read from the Dagster
-instance itself, not kept in memory; the cursor only records which report materializations were already
-counted, so each report counts once and a restarted daemon resumes exactly where it stopped.
+instance itself, not kept in memory; the cursor only records the last day decided, so each day is decided
+once, in day order, and a restarted daemon resumes exactly where it stopped.
 """
 
 import datetime as dt
@@ -362,7 +362,7 @@ def evaluate(
             if stale:
                 requests: list[dg.RunRequest] = []
                 for e in (x for x in chunk if x >= d):
-                    why_e = _stale(spec, e, reports, champion)
+                    why_e = stale if e == d else _stale(spec, e, reports, champion)
                     if not why_e or e in pending or len(requests) >= MAX_REFRESH:
                         break
                     token = max(r[e].storage_id for r in reports.values() if e in r)
