@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -74,14 +75,26 @@ def instance_template() -> Path:
     return shipped if shipped.exists() else PROJECT_ROOT / "dagster.yaml"
 
 
+# How the shipped yaml names the home of the instance's SQLite storages (mlops_assets/instance_storage.py).
+HOME_FROM_ENV = "dagster_home:\n      env: DAGSTER_HOME"
+
+
+def install_instance_yaml(home: Path) -> Path:
+    """Copy the embedded `dagster.yaml` into `home`, with the storages' home written out: a process that opens
+    the instance by its folder (`DagsterInstance.from_config(home)`, without DAGSTER_HOME set) finds its files."""
+    text = instance_template().read_text()
+    path = home / "dagster.yaml"
+    path.write_text(text.replace(HOME_FROM_ENV, "dagster_home: " + json.dumps(str(home.resolve()))))
+    return path
+
+
 def prepare_home(settings: Settings, spec: DatasetSpec, *, fresh: bool) -> Path:
     """Lay out the embedded profile under the data folder. A fresh replay starts the dataset from nothing and
     leaves every other dataset of the same folder and instance as it was."""
     home = Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    template = instance_template()
-    if template.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(template, home / "dagster.yaml")
+    if not (home / "dagster.yaml").exists():
+        install_instance_yaml(home)
     os.environ["DAGSTER_HOME"] = str(home)
     if fresh:
         forget_dataset(settings, spec)

@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import yaml
 
 from mlops_assets.config import DatasetSpec, load_spec
 from mlops_assets.datasets.sources import META_COLUMNS, read_day
-from mlops_assets.replay import instance_template
+from mlops_assets.replay import install_instance_yaml
 from mlops_assets_tests.conftest import DEPLOYMENT_VARS, fast_flights_spec
 from mlops_assets_tests.services import free_port
 
@@ -263,7 +262,7 @@ def prepare_data_dir(data_dir: Path) -> None:
     store pools) in DAGSTER_HOME, as `mlops-assets replay` lays it out."""
     home = data_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(instance_template(), home / "dagster.yaml")
+    install_instance_yaml(home)
 
 
 @contextlib.contextmanager
