@@ -3,11 +3,13 @@
 import datetime as dt
 import enum
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,13 +309,20 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
 
 def mlflow_client(tracking_uri: str) -> Any:
-    """An MLflow client whose store is safe to open first.
+    """An MLflow client whose store is safe to open first, one per tracking URI and process.
 
     The first process to open a new SQLite store creates its tables and runs MLflow's migrations, and MLflow
     opens the store in the client's constructor; two processes doing it at once (a run and the API's workers,
     all starting on a fresh folder) break alembic ("table datasets already exists", "expected to match one
     row"). So a client of a SQLite store is built, and both of its stores opened, under a lock beside the file.
+    Building one costs about 0.1 s (the store's schema check), which every run of a replay paid again; a forked
+    child builds its own rather than share its parent's connections.
     """
+    return _mlflow_client(tracking_uri, os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _mlflow_client(tracking_uri: str, _pid: int) -> Any:
     from mlflow import MlflowClient
 
     if not tracking_uri.startswith("sqlite:///"):

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,6 +350,10 @@ class ParquetFeatureStore(FeatureSql):
         if self.spec.features.windows:
             tables["window_rows"] = EVERYTHING
         return tables
+
+    def session(self) -> AbstractContextManager[None]:
+        """Nothing to hold: every read opens the partitions it needs, every write is one object."""
+        return nullcontext()
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -466,3 +466,36 @@ def test_rematerializing_through_dagster_keeps_one_copy_and_marks_downstream_sta
         assert len(final) == len(first) and not final.duplicated(["entity_id", "event_time"]).any()
         online = store.online_features(list(final["entity_id"].unique()[:50]))
         assert len(online) == 50 and online["entity_id"].is_unique
+
+
+def test_a_session_opens_the_file_once_and_releases_it(
+    duckdb_store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step's several calls share one open of the file; when the step ends, another process can open it."""
+    import subprocess
+    import sys
+
+    opens: list[bool] = []
+    real_open = FeatureStore._open
+
+    def counting(self: FeatureStore, read_only: bool) -> object:
+        opens.append(read_only)
+        return real_open(self, read_only)
+
+    monkeypatch.setattr(FeatureStore, "_open", counting)
+    d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+    with duckdb_store.session():
+        duckdb_store.write_features(d1, rows("2024-01-01", "u", 0, 1.0))
+        duckdb_store.write_labels(d2, rows("2024-01-01", "u", 0, 1.0))
+        with duckdb_store.session():  # nested: the outer one holds the file
+            assert len(duckdb_store.features_between(d1, d1)) == 3
+        assert duckdb_store.labelled_rows(d2) == 3
+    assert opens == [False]
+    probe = (
+        f"import duckdb; con = duckdb.connect({str(duckdb_store.path)!r}, read_only=True); "
+        "print(con.execute('select count(*) from features').fetchone()[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "3"
+    assert len(duckdb_store.features_between(d1, d1)) == 3  # outside a session: an open of its own again
+    assert opens == [False, True]

@@ -55,47 +55,50 @@ def build_features(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         day = partition_day(context)
         raw = load_raw(lake, raw_batches)
         store = feature_store.store(spec)
-        feats = store.write_features(day, raw) if len(raw) else store.write_features(day, raw.iloc[0:0])
-        names = spec.feature_names
-        null_share = {c: round(float(feats[c].isna().mean()), 4) for c in names} if len(feats) else {}
-        # Target rates are null by design until labels have arrived, window features (lags, rolling means) until
-        # an entity has history; every other feature must have values.
-        by_design = {*spec.features.label_rates, *spec.features.windows}
-        judged = {c: v for c, v in null_share.items() if c not in by_design}
-        empty = sorted(c for c, v in judged.items() if v >= 1.0)
-        mostly_null = {c: v for c, v in judged.items() if v > WARN_NULL_SHARE}
-        missing_rows = len(raw) - len(feats)
-        context.log.info(f"{day}: {len(feats)} feature rows from {len(raw)} raw rows")
-        problems = []
-        if not len(feats):
-            problems.append(f"{day}: no feature rows (rule: a day must have feature rows)")
-        if empty:
-            problems.append(f"{day}: features null on every row: {empty} (rule: a feature must have values)")
-        if missing_rows > 0:
-            problems.append(f"{day}: {missing_rows} raw rows produced no feature row (duplicate entity+time)")
-        if mostly_null:
-            context.log.warning(f"{day}: features mostly null: {mostly_null}")
-        numeric = feats[spec.numeric_features].describe().T[["mean", "std", "min", "max"]] if len(feats) else None
-        checks = [
-            dg.AssetCheckResult(
-                check_name="features_complete",
-                passed=bool(len(feats)) and not empty,
-                metadata={"problems": problems or ["none"], "rows": len(feats), "raw_rows": len(raw)},
-            ),
-            dg.AssetCheckResult(
-                check_name="features_null_share",
-                passed=not mostly_null,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"over_threshold": mostly_null or "none", "threshold": WARN_NULL_SHARE},
-            ),
-        ]
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": len(feats),
-                "null_share": null_share,
-                "numeric_summary": dg.MetadataValue.md(numeric.round(3).to_markdown()) if numeric is not None else "",
-            },
-            check_results=checks,
-        )
+        with store.session():  # one open of the store for the whole step
+            feats = store.write_features(day, raw) if len(raw) else store.write_features(day, raw.iloc[0:0])
+            names = spec.feature_names
+            null_share = {c: round(float(feats[c].isna().mean()), 4) for c in names} if len(feats) else {}
+            # Target rates are null by design until labels have arrived, window features (lags, rolling means) until
+            # an entity has history; every other feature must have values.
+            by_design = {*spec.features.label_rates, *spec.features.windows}
+            judged = {c: v for c, v in null_share.items() if c not in by_design}
+            empty = sorted(c for c, v in judged.items() if v >= 1.0)
+            mostly_null = {c: v for c, v in judged.items() if v > WARN_NULL_SHARE}
+            missing_rows = len(raw) - len(feats)
+            context.log.info(f"{day}: {len(feats)} feature rows from {len(raw)} raw rows")
+            problems = []
+            if not len(feats):
+                problems.append(f"{day}: no feature rows (rule: a day must have feature rows)")
+            if empty:
+                problems.append(f"{day}: features null on every row: {empty} (rule: a feature must have values)")
+            if missing_rows > 0:
+                problems.append(f"{day}: {missing_rows} raw rows produced no feature row (duplicate entity+time)")
+            if mostly_null:
+                context.log.warning(f"{day}: features mostly null: {mostly_null}")
+            numeric = feats[spec.numeric_features].describe().T[["mean", "std", "min", "max"]] if len(feats) else None
+            checks = [
+                dg.AssetCheckResult(
+                    check_name="features_complete",
+                    passed=bool(len(feats)) and not empty,
+                    metadata={"problems": problems or ["none"], "rows": len(feats), "raw_rows": len(raw)},
+                ),
+                dg.AssetCheckResult(
+                    check_name="features_null_share",
+                    passed=not mostly_null,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"over_threshold": mostly_null or "none", "threshold": WARN_NULL_SHARE},
+                ),
+            ]
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": len(feats),
+                    "null_share": null_share,
+                    "numeric_summary": dg.MetadataValue.md(numeric.round(3).to_markdown())
+                    if numeric is not None
+                    else "",
+                },
+                check_results=checks,
+            )
 
     return dg.Definitions(assets=[features])

@@ -48,10 +48,11 @@ def build_ingestion(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
     def lookup_tables(context: dg.AssetExecutionContext, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
         """Side tables (weather, fleet, ...) projected into the feature store for point-in-time joins."""
         store = feature_store.store(spec)
-        counts = {lk.name: store.load_lookup(lk.name, read_table(lk.source)) for lk in spec.features.lookups}
-        for name, n in counts.items():
-            context.log.info(f"lookup {name}: {n} rows")
-        return dg.MaterializeResult(metadata={f"rows_{k}": v for k, v in counts.items()})
+        with store.session():  # one open of the store for the whole step
+            counts = {lk.name: store.load_lookup(lk.name, read_table(lk.source)) for lk in spec.features.lookups}
+            for name, n in counts.items():
+                context.log.info(f"lookup {name}: {n} rows")
+            return dg.MaterializeResult(metadata={f"rows_{k}": v for k, v in counts.items()})
 
     @dg.asset(
         key_prefix=[spec.name],
@@ -208,17 +209,18 @@ def build_ingestion(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         arrival = partition_day(context)
         event_day = arrival - dt.timedelta(days=delay)
         store = feature_store.store(spec)
-        rows = store.write_labels(arrival, load_raw(lake, raw_batches))
-        total = store.labelled_rows(arrival)
-        positive = float(rows["target"].mean()) if len(rows) else None
-        context.log.info(f"{arrival}: {len(rows)} labels for events of {event_day}; {total} labelled rows in store")
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": len(rows),
-                "event_day": event_day.isoformat(),
-                "total_labelled_rows": total,
-                "target_mean": positive,
-            }
-        )
+        with store.session():  # one open of the store for the whole step
+            rows = store.write_labels(arrival, load_raw(lake, raw_batches))
+            total = store.labelled_rows(arrival)
+            positive = float(rows["target"].mean()) if len(rows) else None
+            context.log.info(f"{arrival}: {len(rows)} labels for events of {event_day}; {total} labelled rows in store")
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": len(rows),
+                    "event_day": event_day.isoformat(),
+                    "total_labelled_rows": total,
+                    "target_mean": positive,
+                }
+            )
 
     return dg.Definitions(assets=[lookup_tables, raw_batches, labels])

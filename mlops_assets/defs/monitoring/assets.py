@@ -113,49 +113,53 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         day = partition_day(context)
         store, lk = feature_store.store(spec), lake.lake()
-        champion = registry.champion_info(ds.model_name)
-        window = ds.monitoring.window_days
-        current = store.features_between(day - dt.timedelta(days=window - 1), day)
-        profile, described = reference_profile(ds, champion, store, lk, day)
-        meta: dict[str, Any] = {
-            "reference": described,
-            "current": f"{window} day(s) ending {day}",
-            "champion_version": champion.version if champion else None,
-            "champion_is_baseline": champion.is_baseline if champion else True,
-            "rows": len(current),
-        }
-        if profile is None or current.empty:
-            context.log.info(f"{day}: no drift test ({described if profile is None else 'no rows today'})")
-            meta.update({"drift_share": 0.0, "drift_detected": False, "drifted_columns": [], "tested": False})
-            return dg.MaterializeResult(metadata=meta)
-        columns: list[str] | None = None
-        extra: dict[str, Any] = {}
-        if ds.task == "ranking":  # item popularity, new items and users (defs/ranking.py)
-            from mlops_assets.defs import ranking
-
-            columns, extra = ranking.drift_extras(ds, profile, current)
-            meta.update(extra)
-        result = profile.compare(current, drift_share=ds.monitoring.drift_share, columns=columns)
-        table = result.to_frame()
-        store.save_history("drift_history", day, table.assign(drift_share=result.drift_share))
-        context.log.info(
-            f"{day}: drift share {result.drift_share:.2f} over {len(table)} columns; "
-            f"drifted: {result.drifted_columns()}"
-        )
-        meta.update(
-            {
-                "drift_share": float(result.drift_share),
-                "drift_detected": bool(result.drift_detected),
-                "drifted_columns": result.drifted_columns(),
-                "n_drifted": len(result.drifted_columns()),
-                "tested": True,
-                "columns": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
+        with store.session():  # one open of the store for the whole step
+            champion = registry.champion_info(ds.model_name)
+            window = ds.monitoring.window_days
+            current = store.features_between(day - dt.timedelta(days=window - 1), day)
+            profile, described = reference_profile(ds, champion, store, lk, day)
+            meta: dict[str, Any] = {
+                "reference": described,
+                "current": f"{window} day(s) ending {day}",
+                "champion_version": champion.version if champion else None,
+                "champion_is_baseline": champion.is_baseline if champion else True,
+                "rows": len(current),
             }
-        )
-        if report_day(ds, day):
+            if profile is None or current.empty:
+                context.log.info(f"{day}: no drift test ({described if profile is None else 'no rows today'})")
+                meta.update({"drift_share": 0.0, "drift_detected": False, "drifted_columns": [], "tested": False})
+                return dg.MaterializeResult(metadata=meta)
+            columns: list[str] | None = None
+            extra: dict[str, Any] = {}
+            if ds.task == "ranking":  # item popularity, new items and users (defs/ranking.py)
+                from mlops_assets.defs import ranking
+
+                columns, extra = ranking.drift_extras(ds, profile, current)
+                meta.update(extra)
+            result = profile.compare(current, drift_share=ds.monitoring.drift_share, columns=columns)
+            table = result.to_frame()
+            store.save_history("drift_history", day, table.assign(drift_share=result.drift_share))
+            context.log.info(
+                f"{day}: drift share {result.drift_share:.2f} over {len(table)} columns; "
+                f"drifted: {result.drifted_columns()}"
+            )
+            meta.update(
+                {
+                    "drift_share": float(result.drift_share),
+                    "drift_detected": bool(result.drift_detected),
+                    "drifted_columns": result.drifted_columns(),
+                    "n_drifted": len(result.drifted_columns()),
+                    "tested": True,
+                    "columns": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
+                }
+            )
+            # read here, drawn below: the store is not held while matplotlib and Evidently render
+            history = store.read_history("drift_history") if report_day(ds, day) else None
+            evidently = bool(ds.monitoring.evidently_every_days and report_day(ds, day))
+            reference = reference_rows(ds, champion, store, lk) if evidently else None
+        if history is not None:
             from mlops_assets.ml.plots import drift_over_time  # matplotlib: paid by the steps that plot
 
-            history = store.read_history("drift_history")
             meta |= publish(
                 lk,
                 ds.name,
@@ -163,10 +167,9 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 f"drift_{day}.png",
                 lambda p: drift_over_time(history, p, threshold=ds.monitoring.drift_share),
             )
-        if ds.monitoring.evidently_every_days and report_day(ds, day):
+        if reference is not None:
             from mlops_assets.ml.evidently_reports import data_drift_html
 
-            reference = reference_rows(ds, champion, store, lk)
             summary: dict[str, Any] = {}
 
             def render(path: Path) -> None:
@@ -206,81 +209,82 @@ def build_monitoring(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         day = partition_day(context)
         store = feature_store.store(spec)
-        champion = registry.champion_info(ds.model_name)
-        if ds.task == "ranking":  # the day's lists against what users did (defs/ranking.py)
-            from mlops_assets.defs import ranking
+        with store.session():  # one open of the store for the whole step
+            champion = registry.champion_info(ds.model_name)
+            if ds.task == "ranking":  # the day's lists against what users did (defs/ranking.py)
+                from mlops_assets.defs import ranking
 
-            return dg.MaterializeResult(metadata=ranking.judge_day(context, ds, store, champion, day))
-        window = ds.monitoring.decay_window_days
-        scored = store.scored_labels(day - dt.timedelta(days=window + ds.target.label_delay_days), day)
-        meta: dict[str, Any] = {
-            "champion_version": champion.version if champion else None,
-            "champion_is_baseline": champion.is_baseline if champion else True,
-        }
-        if champion is None or scored.empty:
-            meta.update({"decay_detected": False, "reason": "no scored predictions with labels yet", "rows": 0})
-            return dg.MaterializeResult(metadata=meta)
-        all_scored = scored
-        scored = scored[scored["model_version"] == champion.version]
-        reference = champion.holdout_metric
-        latest_day = pd.Timestamp(all_scored["day"].max()).date()
-        day_rows = all_scored[pd.to_datetime(all_scored["day"]).dt.date == latest_day]
-        if scored.empty or reference is None or champion.is_baseline:
-            why = (
-                "champion is the baseline: nothing to decay from"
-                if champion.is_baseline or reference is None
-                else "no labelled predictions of this champion yet"
-            )
-            meta.update({"decay_detected": False, "reason": why, "rows": len(scored)})
-            return dg.MaterializeResult(metadata=meta)
-        result = detect_decay(
-            scored,
-            metric=ds.metric,
-            reference_value=reference,
-            tolerance=ds.monitoring.decay_tolerance,
-            window_days=window,
-            min_rows=ds.monitoring.decay_min_rows,
-        )
-        history_row = pd.DataFrame(
-            [
-                {
-                    "scored_day": pd.Timestamp(latest_day),
-                    "day_value": result.day_value,
-                    "window_value": result.window_value,
-                    "ci_low": result.ci_low,
-                    "ci_high": result.ci_high,
-                    "reference": reference,
-                    "model_version": champion.version,
-                    "decay_detected": result.decay_detected,
-                    "n_rows": result.n_rows,
-                }
-            ]
-        ).astype(  # typed even when the first day has no value: the history table takes its types from it
-            {"day_value": "float64", "window_value": "float64", "ci_low": "float64", "ci_high": "float64"}
-        )
-        store.save_history("performance_history", day, history_row)
-        context.log.info(f"{day}: {result.reason}")
-        meta.update(result.to_dict())
-        meta.update(
-            {
-                "decay_detected": bool(result.decay_detected),
-                "scored_day": latest_day.isoformat(),
-                "rows_scored_day": len(day_rows),
+                return dg.MaterializeResult(metadata=ranking.judge_day(context, ds, store, champion, day))
+            window = ds.monitoring.decay_window_days
+            scored = store.scored_labels(day - dt.timedelta(days=window + ds.target.label_delay_days), day)
+            meta: dict[str, Any] = {
+                "champion_version": champion.version if champion else None,
+                "champion_is_baseline": champion.is_baseline if champion else True,
             }
-        )
-        if report_day(ds, day) or result.decay_detected:
-            from mlops_assets.ml.plots import metric_over_time
-
-            history = store.read_history("performance_history")
-            meta |= publish(
-                lake.lake(),
-                ds.name,
-                "metric_over_time",
-                f"metric_{day}.png",
-                lambda p: metric_over_time(
-                    history, p, metric=ds.metric, reference=reference, tolerance=ds.monitoring.decay_tolerance
-                ),
+            if champion is None or scored.empty:
+                meta.update({"decay_detected": False, "reason": "no scored predictions with labels yet", "rows": 0})
+                return dg.MaterializeResult(metadata=meta)
+            all_scored = scored
+            scored = scored[scored["model_version"] == champion.version]
+            reference = champion.holdout_metric
+            latest_day = pd.Timestamp(all_scored["day"].max()).date()
+            day_rows = all_scored[pd.to_datetime(all_scored["day"]).dt.date == latest_day]
+            if scored.empty or reference is None or champion.is_baseline:
+                why = (
+                    "champion is the baseline: nothing to decay from"
+                    if champion.is_baseline or reference is None
+                    else "no labelled predictions of this champion yet"
+                )
+                meta.update({"decay_detected": False, "reason": why, "rows": len(scored)})
+                return dg.MaterializeResult(metadata=meta)
+            result = detect_decay(
+                scored,
+                metric=ds.metric,
+                reference_value=reference,
+                tolerance=ds.monitoring.decay_tolerance,
+                window_days=window,
+                min_rows=ds.monitoring.decay_min_rows,
             )
-        return dg.MaterializeResult(metadata=meta)
+            history_row = pd.DataFrame(
+                [
+                    {
+                        "scored_day": pd.Timestamp(latest_day),
+                        "day_value": result.day_value,
+                        "window_value": result.window_value,
+                        "ci_low": result.ci_low,
+                        "ci_high": result.ci_high,
+                        "reference": reference,
+                        "model_version": champion.version,
+                        "decay_detected": result.decay_detected,
+                        "n_rows": result.n_rows,
+                    }
+                ]
+            ).astype(  # typed even when the first day has no value: the history table takes its types from it
+                {"day_value": "float64", "window_value": "float64", "ci_low": "float64", "ci_high": "float64"}
+            )
+            store.save_history("performance_history", day, history_row)
+            context.log.info(f"{day}: {result.reason}")
+            meta.update(result.to_dict())
+            meta.update(
+                {
+                    "decay_detected": bool(result.decay_detected),
+                    "scored_day": latest_day.isoformat(),
+                    "rows_scored_day": len(day_rows),
+                }
+            )
+            if report_day(ds, day) or result.decay_detected:
+                from mlops_assets.ml.plots import metric_over_time
+
+                history = store.read_history("performance_history")
+                meta |= publish(
+                    lake.lake(),
+                    ds.name,
+                    "metric_over_time",
+                    f"metric_{day}.png",
+                    lambda p: metric_over_time(
+                        history, p, metric=ds.metric, reference=reference, tolerance=ds.monitoring.decay_tolerance
+                    ),
+                )
+            return dg.MaterializeResult(metadata=meta)
 
     return dg.Definitions(assets=[drift_report, performance_report])

@@ -71,42 +71,43 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         written once to the lake under its content hash: the hash is the lineage a registered model carries."""
         ds = spec
         store = feature_store.store(spec)
-        as_of = dt.date.fromisoformat(config.as_of) if config.as_of else None
-        if as_of is None:
-            as_of = store.last_arrival_day()  # reads the labels alone (on Parquet: not every table's files)
+        with store.session():  # one open of the store for the whole step
+            as_of = dt.date.fromisoformat(config.as_of) if config.as_of else None
             if as_of is None:
-                raise dg.Failure("no labels in the feature store yet: nothing to train on")
-        frame = store.training_frame(as_of)
-        parts = split_days(frame, ds)
-        key, sha = lake.lake().write_frame("datasets", ds.name, None, frame)
-        pointer = {
-            "as_of": as_of.isoformat(),
-            "trigger": config.trigger,
-            "kind": config.kind,
-            "key": key,
-            "sha256": sha,
-            "rows": len(frame),
-            "spans": {k: _span(v) for k, v in parts.items()},
-            "spec_hash": ds.spec_hash,
-        }
-        context.log.info(
-            f"training set as of {as_of}: {len(frame)} rows, "
-            + ", ".join(f"{k} {len(v)} ({_span(v)})" for k, v in parts.items())
-        )
-        return dg.Output(
-            pointer,
-            metadata={
-                "dagster/row_count": len(frame),
+                as_of = store.last_arrival_day()  # reads the labels alone (on Parquet: not every table's files)
+                if as_of is None:
+                    raise dg.Failure("no labels in the feature store yet: nothing to train on")
+            frame = store.training_frame(as_of)
+            parts = split_days(frame, ds)
+            key, sha = lake.lake().write_frame("datasets", ds.name, None, frame)
+            pointer = {
                 "as_of": as_of.isoformat(),
                 "trigger": config.trigger,
-                "retrain_kind": config.kind,
+                "kind": config.kind,
+                "key": key,
                 "sha256": sha,
-                "path": dg.MetadataValue.path(lake.lake().uri(key)),
-                **{f"rows_{k}": len(v) for k, v in parts.items()},
-                **{f"span_{k}": _span(v) for k, v in parts.items()},
-                "target_mean": float(frame[ds.target.name].mean()),
-            },
-        )
+                "rows": len(frame),
+                "spans": {k: _span(v) for k, v in parts.items()},
+                "spec_hash": ds.spec_hash,
+            }
+            context.log.info(
+                f"training set as of {as_of}: {len(frame)} rows, "
+                + ", ".join(f"{k} {len(v)} ({_span(v)})" for k, v in parts.items())
+            )
+            return dg.Output(
+                pointer,
+                metadata={
+                    "dagster/row_count": len(frame),
+                    "as_of": as_of.isoformat(),
+                    "trigger": config.trigger,
+                    "retrain_kind": config.kind,
+                    "sha256": sha,
+                    "path": dg.MetadataValue.path(lake.lake().uri(key)),
+                    **{f"rows_{k}": len(v) for k, v in parts.items()},
+                    **{f"span_{k}": _span(v) for k, v in parts.items()},
+                    "target_mean": float(frame[ds.target.name].mean()),
+                },
+            )
 
     @dg.asset(key_prefix=[spec.name], group_name=GROUP, kinds={"mlflow", "scikitlearn"})
     def candidate_models(
