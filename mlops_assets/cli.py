@@ -58,7 +58,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             bar.write(f"{rec.day}: retrain ({r['trigger']}) -> {r['decision']}: {r['gate_reason']}")  # type: ignore[attr-defined]
 
     result = replay(
-        settings.spec_path, settings, start=start, end=end, fresh=not args.resume, on_day=on_day, resume=args.resume
+        settings.spec_path,
+        settings,
+        start=start,
+        end=end,
+        fresh=not args.resume,
+        on_day=on_day,
+        resume=args.resume,
+        shadow_refits=not args.no_compare,
     )
     bar.close()
     if result.stopped:

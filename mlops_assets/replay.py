@@ -66,6 +66,8 @@ class ReplayResult:
     wall_seconds: float
     home: Path
     stopped: str = ""  # the signal that stopped the replay early ("SIGTERM", "SIGINT"); "" when it ran to the end
+    # the comparison's daily refits made while the replay ran, by morning (strategies.ShadowRefits)
+    shadow: dict[dt.date, Any] = field(default_factory=dict)
 
 
 def instance_template() -> Path:
@@ -174,9 +176,11 @@ def replay(
     on_day: Callable[[DayRecord], None] | None = None,
     execute: Execute | None = None,
     resume: bool = False,
+    shadow_refits: bool = False,
 ) -> ReplayResult:
     """Replay the days; SIGTERM or Ctrl-C stops it at once, leaving the instance consistent (see `stopping`),
-    and `resume` continues after the last complete day of a replay that was stopped."""
+    and `resume` continues after the last complete day of a replay that was stopped. `shadow_refits` fits the
+    comparison's daily refits on the idle core as the days go (tabular tasks; see strategies.ShadowRefits)."""
     import uuid
 
     import mlflow
@@ -226,6 +230,11 @@ def replay(
         retrains = [r.retrain for r in records if r.retrain]
         launched, cursor = set(state["launched"]), state["cursor"]
         days_range = [d for d in days_range if d > state["last_complete_day"]]
+    shadow = None
+    if shadow_refits and spec.task != "ranking":
+        from mlops_assets.strategies import ShadowRefits
+
+        shadow = ShadowRefits(spec, settings)
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance, stopping.stop_on_signals() as stop:
         # A recommender's bandage is fit on the interactions so far: the bootstrap loads the side tables before
@@ -295,6 +304,8 @@ def replay(
                     problems=list(raw_md.get("problems") or []),
                 )
                 records.append(rec)
+                if shadow is not None:
+                    shadow.after_day(day)
                 stopping.save_state(state_file, last_day=day, cursor=cursor, launched=launched, records=records)
                 if on_day:
                     on_day(rec)
@@ -302,7 +313,12 @@ def replay(
             stop.requested()
         if stop.signal is not None:
             stopping.settle_in_flight(instance, session, stop.name)
-    return ReplayResult(spec, settings, records, retrains, time.perf_counter() - t0, home, stop.name)
+    wall = time.perf_counter() - t0
+    fits = {}
+    if shadow is not None:
+        fits = shadow.results() if stop.signal is None else {}
+        shadow.close()
+    return ReplayResult(spec, settings, records, retrains, wall, home, stop.name, fits)
 
 
 def _run_retrain(

@@ -14,14 +14,18 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import shutil
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import joblib
 import numpy as np
 import pandas as pd
 from joblib import Memory, Parallel, delayed
 from threadpoolctl import threadpool_limits
 
+from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.ml.automl import SearchSpace, fit_recipe, window_rows
 from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.decay import higher_is_better
@@ -73,8 +77,135 @@ def _refit_and_score(rows: pd.DataFrame, today: pd.DataFrame, recipe: dict[str, 
     return predict_scores(model, today), sw.cpu_seconds
 
 
+def _score_saved(path: str, today: pd.DataFrame, cpu_seconds: float) -> tuple[np.ndarray, float]:
+    """A refit the replay already made (`ShadowRefits`), scored on the rows of its day."""
+    return predict_scores(joblib.load(path), today), cpu_seconds
+
+
+def daily_recipe(spec: DatasetSpec, first: Any) -> dict[str, Any]:
+    """The first trained model's recipe as `fit_recipe` takes it: what the weekly and daily rows refit."""
+    window = _tag_number(first.tags, "mlops.window_days")
+    space = SearchSpace.from_dict(spec.search)
+    return {
+        "family": first.tags["mlops.family"],
+        "params": json.loads(first.tags.get("mlops.params", "{}")),
+        "window_days": int(window) if window is not None else None,
+        "half_life_days": _tag_number(first.tags, "mlops.half_life_days"),
+        "target": spec.target.name,
+        "time_column": "event_time",
+        "numeric": spec.numeric_features,
+        "categorical": spec.categorical_features,
+        "task": spec.task,
+        "seed": space.seed,
+        "max_rows": space.max_rows,
+    }
+
+
+def _known_rows(known: pd.DataFrame, recipe: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows a morning's refit trains on (window and row cap applied) and the recipe left to apply."""
+    rows = window_rows(known, "event_time", recipe["window_days"], recipe["max_rows"], recipe["seed"])
+    return rows, {**recipe, "window_days": None, "max_rows": None}
+
+
+def _fingerprint(known: pd.DataFrame) -> int:
+    """Which labelled events a refit saw (not their order: both sides read the store's ordered frame)."""
+    return int(pd.util.hash_pandas_object(known[["entity_id", "event_time"]], index=False).sum()) & (2**62 - 1)
+
+
+def _fit_to_file(known: pd.DataFrame, recipe: dict[str, Any], path: str) -> float:
+    rows, rest = _known_rows(known, recipe)
+    with Stopwatch() as sw, threadpool_limits(limits=1):
+        model, _ = fit_recipe(rows, **rest)
+    joblib.dump(model, path)
+    return sw.cpu_seconds
+
+
+@dataclass(frozen=True)
+class ShadowFit:
+    path: str
+    cpu_seconds: float
+    fingerprint: int
+    version: str  # the first trained version whose recipe it refit
+
+
+class ShadowRefits:
+    """The daily-refit row of the comparison, fitted while the replay runs.
+
+    A replay keeps one core busy (Dagster's runs are sequential and mostly single-threaded) and the other one
+    idle, and the comparison then refit the first model's recipe every morning of the year, ~300 fits, after
+    the replay was over. Each evening the replay hands the day's labelled rows to a worker process on the
+    idle core, which fits the next morning's refit and saves it; the comparison scores the saved model on the
+    same rows and refits only a morning it has no matching model for (a stopped or resumed replay, a corrected
+    day). The rows are the store's ordered training frame either way, so the numbers are the same.
+    """
+
+    def __init__(self, spec: DatasetSpec, settings: Settings) -> None:
+        self.spec, self.settings = spec, settings
+        self.folder = settings.data_dir / "cache" / "strategies" / spec.name / "shadow"
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._recipe: dict[str, Any] | None = None
+        self._version = ""
+        self._as_of: dt.date | None = None
+        self._pool: Any = None
+        self._pending: dict[dt.date, tuple[Future[float], int]] = {}
+
+    def _first_model(self) -> bool:
+        if self._recipe is None:
+            from mlops_assets.defs.resources import ModelRegistryResource
+
+            registry = ModelRegistryResource(
+                tracking_uri=self.settings.mlflow_tracking_uri, artifact_root=self.settings.mlflow_artifact_root
+            )
+            first = _first_trained_version(registry, self.spec.model_name)
+            if first is None:
+                return False
+            self._recipe, self._version = daily_recipe(self.spec, first), str(first.version)
+            self._as_of = dt.date.fromisoformat(first.tags["mlops.training_as_of"])
+        return True
+
+    def after_day(self, day: dt.date) -> None:
+        """Start the refit of the next morning on every label arrived by the end of `day`."""
+        if not self._first_model():
+            return
+        assert self._recipe is not None and self._as_of is not None
+        if day < self._as_of:
+            return
+        known = store_for(self.settings, self.spec).training_frame(day)
+        if known.empty:
+            return
+        if self._pool is None:  # loky's spawned worker: the replay's process holds Dagster's and DuckDB's state
+            from joblib.externals.loky import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=1)
+        morning = day + dt.timedelta(days=1)
+        path = str(self.folder / f"{morning.isoformat()}.joblib")
+        self._pending[morning] = (self._pool.submit(_fit_to_file, known, self._recipe, path), _fingerprint(known))
+
+    def results(self) -> dict[dt.date, ShadowFit]:
+        """Every refit that finished, by morning (waits for the ones still running)."""
+        out: dict[dt.date, ShadowFit] = {}
+        for morning, (future, fingerprint) in self._pending.items():
+            try:
+                cpu = future.result()
+            except Exception:  # the comparison refits that morning itself
+                continue
+            out[morning] = ShadowFit(
+                str(self.folder / f"{morning.isoformat()}.joblib"), cpu, fingerprint, self._version
+            )
+        self.close()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, kill_workers=True)  # a stopped replay does not wait for a fit
+            self._pool = None
+
+
 def compare_strategies(result: ReplayResult) -> StrategyComparison:
     from mlops_assets.defs.resources import ModelRegistryResource
+
+    shadow = result.shadow
 
     spec, settings = result.spec, result.settings
     store = store_for(settings, spec)
@@ -111,24 +242,9 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
 
     # daily: the first model's recipe (family, hyper-parameters, window, weighting, row cap) refit every
     # morning on every label known by then, the blind schedule many teams run
-    family = first.tags["mlops.family"]
-    params = json.loads(first.tags.get("mlops.params", "{}"))
-    window = _tag_number(first.tags, "mlops.window_days")
-    half_life = _tag_number(first.tags, "mlops.half_life_days")
+    recipe_kwargs = daily_recipe(spec, first)
+    family, window, half_life = recipe_kwargs["family"], recipe_kwargs["window_days"], recipe_kwargs["half_life_days"]
     space = SearchSpace.from_dict(spec.search)
-    recipe_kwargs: dict[str, Any] = {
-        "family": family,
-        "params": params,
-        "window_days": int(window) if window is not None else None,
-        "half_life_days": half_life,
-        "target": spec.target.name,
-        "time_column": "event_time",
-        "numeric": spec.numeric_features,
-        "categorical": spec.categorical_features,
-        "task": spec.task,
-        "seed": space.seed,
-        "max_rows": space.max_rows,
-    }
     days_sorted = sorted(period["event_day"].unique())
     block_len = 7
     # refit candidates for the weekly row and the oracle: the daily refit of the first day of each week, which
@@ -148,10 +264,14 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
         a year of training windows held at once would not fit in memory."""
         for day, idx in jobs:
             known = frame[frame["arrival_day"] < day]
-            # window and row cap applied here so that each worker receives only the rows it trains on
-            rows = window_rows(known, "event_time", recipe_kwargs["window_days"], space.max_rows, space.seed)
             today = period.iloc[idx][spec.feature_names]
-            yield delayed(refit)(rows, today, {**recipe_kwargs, "window_days": None, "max_rows": None})
+            saved = shadow.get(day)
+            if saved is not None and saved.version == str(first.version) and saved.fingerprint == _fingerprint(known):
+                yield delayed(_score_saved)(saved.path, today, saved.cpu_seconds)
+                continue
+            # window and row cap applied here so that each worker receives only the rows it trains on
+            rows, rest = _known_rows(known, recipe_kwargs)
+            yield delayed(refit)(rows, today, rest)
 
     # one refit per core: the replay is over, both cores are free, and each worker measures its own CPU. Each
     # refit is cached on disk by its inputs: a second comparison of the same replay refits nothing, and reports

@@ -23,11 +23,9 @@ def test_chicago_spec_is_valid_against_its_data() -> None:
     assert main(["validate", str(CHICAGO)]) == 0
 
 
-def test_chicago_replay_trains_a_regression_model(
-    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def fast_chicago_spec(tmp_path: Path) -> Path:
+    """The real spec with a small fast search and an early first model, so a 40-day replay takes about a minute."""
     raw = yaml.safe_load(CHICAGO.read_text())
-    # the real spec with a small fast search and an early first model, so the test runs in about a minute
     raw["policy"].update(
         {"decision": "rules", "bootstrap_min_rows": 28, "cooldown_days": 5, "min_new_labelled_rows": 5}
     )
@@ -41,6 +39,13 @@ def test_chicago_replay_trains_a_regression_model(
     }
     spec_path = tmp_path / "chicago_fast.yaml"
     spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return spec_path
+
+
+def test_chicago_replay_trains_a_regression_model(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec_path = fast_chicago_spec(tmp_path)
     assert main(["replay", "--spec", str(spec_path), "--days", "40", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "== chicago_ridership: 40 days replayed" in out
