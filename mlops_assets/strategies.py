@@ -12,10 +12,11 @@ the same point-in-time features, month by month; cost is training CPU-seconds me
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
 import shutil
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -107,24 +108,48 @@ def _known_rows(known: pd.DataFrame, recipe: dict[str, Any]) -> tuple[pd.DataFra
     return rows, {**recipe, "window_days": None, "max_rows": None}
 
 
-def _fingerprint(known: pd.DataFrame) -> int:
-    """Which labelled events a refit saw (not their order: both sides read the store's ordered frame)."""
-    return int(pd.util.hash_pandas_object(known[["entity_id", "event_time"]], index=False).sum()) & (2**62 - 1)
+ORDER = ["event_time", "entity_id", "arrival_day"]  # the store's order of a training frame (unique per label)
 
 
-def _fit_to_file(known: pd.DataFrame, recipe: dict[str, Any], path: str) -> float:
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """One hash per training row, over every column: which rows a refit saw, with their values."""
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def fingerprint(hashes: np.ndarray) -> str:
+    """The rows a refit trained on, in their order (order matters: a row cap samples by position)."""
+    return hashlib.sha256(np.ascontiguousarray(hashes).tobytes()).hexdigest()
+
+
+# The worker's copy of every training row sent so far (one worker process, tasks in order): each evening the
+# replay sends only the labels that arrived that day, not the whole year again.
+_KNOWN: dict[str, Any] = {"frame": None, "through": None}
+
+
+def _fit_next(
+    new: pd.DataFrame, since: dt.date | None, day: dt.date, recipe: dict[str, Any], path: str
+) -> tuple[float, str]:
+    """Add the day's rows to the worker's copy, fit the next morning's refit on it and save it."""
+    if _KNOWN["through"] != since:
+        raise RuntimeError(f"the worker holds rows through {_KNOWN['through']}, not {since}: rows were lost")
+    frame = new if _KNOWN["frame"] is None else pd.concat([_KNOWN["frame"], new], ignore_index=True)
+    known = frame.sort_values(ORDER, kind="stable", ignore_index=True)
+    _KNOWN.update(frame=known, through=day)
     rows, rest = _known_rows(known, recipe)
     with Stopwatch() as sw, threadpool_limits(limits=1):
         model, _ = fit_recipe(rows, **rest)
     joblib.dump(model, path)
-    return sw.cpu_seconds
+    return sw.cpu_seconds, fingerprint(row_hashes(known))
+
+
+MAX_WAITING_FITS = 2
 
 
 @dataclass(frozen=True)
 class ShadowFit:
     path: str
     cpu_seconds: float
-    fingerprint: int
+    fingerprint: str
     version: str  # the first trained version whose recipe it refit
 
 
@@ -148,7 +173,8 @@ class ShadowRefits:
         self._version = ""
         self._as_of: dt.date | None = None
         self._pool: Any = None
-        self._pending: dict[dt.date, tuple[Future[float], int]] = {}
+        self._pending: dict[dt.date, Future[tuple[float, str]]] = {}
+        self._sent: dt.date | None = None  # the worker has every training row arrived by this day
 
     def _first_model(self) -> bool:
         if self._recipe is None:
@@ -171,28 +197,30 @@ class ShadowRefits:
         assert self._recipe is not None and self._as_of is not None
         if day < self._as_of:
             return
-        known = store_for(self.settings, self.spec).training_frame(day)
-        if known.empty:
-            return
+        new = store_for(self.settings, self.spec).training_frame(day, arrived_after=self._sent)
         if self._pool is None:  # loky's spawned worker: the replay's process holds Dagster's and DuckDB's state
             from joblib.externals.loky import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(max_workers=1)
+        # Each waiting fit holds its day's rows in this process: when the worker falls behind, the replay waits
+        # for it rather than queue days of rows in memory.
+        waiting = [f for f in self._pending.values() if not f.done()]
+        if len(waiting) >= MAX_WAITING_FITS:
+            wait(waiting[: len(waiting) - MAX_WAITING_FITS + 1])
         morning = day + dt.timedelta(days=1)
         path = str(self.folder / f"{morning.isoformat()}.joblib")
-        self._pending[morning] = (self._pool.submit(_fit_to_file, known, self._recipe, path), _fingerprint(known))
+        self._pending[morning] = self._pool.submit(_fit_next, new, self._sent, day, self._recipe, path)
+        self._sent = day
 
     def results(self) -> dict[dt.date, ShadowFit]:
         """Every refit that finished, by morning (waits for the ones still running)."""
         out: dict[dt.date, ShadowFit] = {}
-        for morning, (future, fingerprint) in self._pending.items():
+        for morning, future in self._pending.items():
             try:
-                cpu = future.result()
+                cpu, rows = future.result()
             except Exception:  # the comparison refits that morning itself
                 continue
-            out[morning] = ShadowFit(
-                str(self.folder / f"{morning.isoformat()}.joblib"), cpu, fingerprint, self._version
-            )
+            out[morning] = ShadowFit(str(self.folder / f"{morning.isoformat()}.joblib"), cpu, rows, self._version)
         self.close()
         return out
 
@@ -223,6 +251,7 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
     as_of = dt.date.fromisoformat(first.tags["mlops.training_as_of"])
     last = result.days[-1].day
     frame = store.training_frame(last)
+    hashes = row_hashes(frame)  # before the day columns become dates: as the replay's worker hashed them
     frame["event_day"] = pd.to_datetime(frame["event_day"]).dt.date
     frame["arrival_day"] = pd.to_datetime(frame["arrival_day"]).dt.date
     period = frame[frame["event_day"] > as_of].reset_index(drop=True)
@@ -259,14 +288,22 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
         scope = period["event_day"] >= day if day in candidate_days else period["event_day"] == day
         jobs.append((day, np.flatnonzero(scope.to_numpy())))
 
+    reused: list[dt.date] = []  # the mornings whose refit the replay's worker made
+
     def tasks() -> Any:
         """Each refit's rows are cut only when a worker is about to take it (joblib pre-dispatches a few):
         a year of training windows held at once would not fit in memory."""
         for day, idx in jobs:
-            known = frame[frame["arrival_day"] < day]
+            seen = (frame["arrival_day"] < day).to_numpy()
+            known = frame[seen]
             today = period.iloc[idx][spec.feature_names]
             saved = shadow.get(day)
-            if saved is not None and saved.version == str(first.version) and saved.fingerprint == _fingerprint(known):
+            if (
+                saved is not None
+                and saved.version == str(first.version)
+                and saved.fingerprint == fingerprint(hashes[seen])
+            ):
+                reused.append(day)
                 yield delayed(_score_saved)(saved.path, today, saved.cpu_seconds)
                 continue
             # window and row cap applied here so that each worker receives only the rows it trains on
@@ -405,6 +442,7 @@ def compare_strategies(result: ReplayResult) -> StrategyComparison:
         f"staleness by definition, and a negative staleness means better than it.\n"
         f"Training CPU s: continuous counts every sweep trial and refit of every retrain, never counts "
         f"v{first.version}'s sweep, daily counts its {int(period['event_day'].nunique())} refits, weekly and the "
-        f"oracle the refits they use. {len(served)} served predictions were scored in this period."
+        f"oracle the refits they use. {len(served)} served predictions were scored in this period. "
+        f"{len(reused)} of the {len(jobs)} daily refits were made during the replay."
     )
     return StrategyComparison(spec.metric, monthly, totals, note)

@@ -117,7 +117,11 @@ class FeatureStoreApi(Protocol):
     def labelled_rows(self, as_of: dt.date, since: dt.date | None = None) -> int: ...
     def last_arrival_day(self) -> dt.date | None: ...
     def training_frame(
-        self, as_of: dt.date, since: dt.date | None = None, from_scratch: bool = False
+        self,
+        as_of: dt.date,
+        since: dt.date | None = None,
+        from_scratch: bool = False,
+        arrived_after: dt.date | None = None,
     ) -> pd.DataFrame: ...
     def write_predictions(self, day: dt.date, preds: pd.DataFrame) -> None: ...
     def scored_labels(self, first_day: dt.date, last_arrival_day: dt.date) -> pd.DataFrame: ...
@@ -342,12 +346,19 @@ class FeatureSql:
         return self._checked(f"({self._fetch_sql('_one_shot', row_id)})")
 
     @staticmethod
-    def _training_where(as_of: dt.date, since: dt.date | None) -> tuple[str, list[object]]:
+    def _training_where(
+        as_of: dt.date, since: dt.date | None, arrived_after: dt.date | None = None
+    ) -> tuple[str, list[object]]:
+        """Labels arrived by `as_of` (and after `arrived_after`: what a reader that has the rest asks for),
+        of events on or after `since`."""
         where = "arrival_day <= ?"
         args: list[object] = [as_of]
         if since is not None:
             where += " AND event_day >= ?"
             args.append(since)
+        if arrived_after is not None:
+            where += " AND arrival_day > ?"
+            args.append(arrived_after)
         return where, args
 
     def _training_table(self, con: duckdb.DuckDBPyConnection, rows: str, args: list[object]) -> pd.DataFrame:

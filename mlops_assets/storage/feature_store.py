@@ -328,7 +328,13 @@ class FeatureStore(FeatureSql):
         for temp in ("_todo", "_matched", "_rest", "_fetched"):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
 
-    def training_frame(self, as_of: dt.date, since: dt.date | None = None, from_scratch: bool = False) -> pd.DataFrame:
+    def training_frame(
+        self,
+        as_of: dt.date,
+        since: dt.date | None = None,
+        from_scratch: bool = False,
+        arrived_after: dt.date | None = None,
+    ) -> pd.DataFrame:
         """Every label that had arrived by `as_of` (of an event on or after `since`), joined to the feature
         row its entity had at the label's event time (as of, never after). A label whose entity had no
         feature row yet is left out: there is nothing to learn from it.
@@ -336,7 +342,7 @@ class FeatureStore(FeatureSql):
         Read from the maintained training rows. `from_scratch` joins the whole history instead, as a store
         of an earlier version opened read-only must: the same frame, for checks and benchmarks.
         """
-        where, args = self._training_where(as_of, since)
+        where, args = self._training_where(as_of, since, arrived_after)
         with self.connect(read_only=True) as con:
             rows = f"(SELECT * FROM {TRAINING} WHERE {where})"
             if from_scratch or not self._has(con, TRAINING):

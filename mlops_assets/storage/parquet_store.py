@@ -480,14 +480,20 @@ class ParquetFeatureStore(FeatureSql):
         return rows
 
     # --- training sets -------------------------------------------------------------------------------------
-    def training_frame(self, as_of: dt.date, since: dt.date | None = None, from_scratch: bool = False) -> pd.DataFrame:
+    def training_frame(
+        self,
+        as_of: dt.date,
+        since: dt.date | None = None,
+        from_scratch: bool = False,
+        arrived_after: dt.date | None = None,
+    ) -> pd.DataFrame:
         """Every label that had arrived by `as_of` (of an event on or after `since`), joined to the feature
         row its entity had at the label's event time (as of, never after); labels with none are left out.
 
         Always joined on demand over the partitions (`from_scratch` changes nothing here): the as-of join
         sorts the stored entity keys and times of the history, and the values of the matched rows alone are
         then fetched by row id (`FeatureSql._join_labels`)."""
-        where, args = self._training_where(as_of, since)
+        where, args = self._training_where(as_of, since, arrived_after)
         with self._engine({"labels": (None, as_of), "features": EVERYTHING}) as con:
             rows = self._join_labels(
                 con,

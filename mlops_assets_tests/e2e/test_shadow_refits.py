@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,17 @@ def test_shadow_refits_give_the_comparison_it_computes_itself(data_dir: Path, tm
     assert all(isinstance(f, ShadowFit) and Path(f.path).exists() for f in result.shadow.values())
 
     with_shadow = compare_strategies(result)
+    got = re.search(r"(\d+) of the (\d+) daily refits were made during the replay", with_shadow.note)
+    assert got and got.group(1) == got.group(2), with_shadow.note  # every morning's refit came from the replay
     # one saved refit no longer matches its morning's rows: the comparison must refit that morning itself
     morning = min(result.shadow)
-    tampered = {**result.shadow, morning: dataclasses.replace(result.shadow[morning], fingerprint=-1)}
+    tampered = {**result.shadow, morning: dataclasses.replace(result.shadow[morning], fingerprint="changed")}
     partly = compare_strategies(dataclasses.replace(result, shadow=tampered))
     alone = compare_strategies(dataclasses.replace(result, shadow={}))
     same = [c for c in alone.totals.columns if c not in ("training CPU s", "total cost")]
-    for got in (with_shadow, partly):
-        assert got.totals[same].equals(alone.totals[same]), (got.totals, alone.totals)
-        assert got.monthly.equals(alone.monthly)
+    assert "0 of the" in alone.note
+    for cmp in (with_shadow, partly):
+        assert cmp.totals[same].equals(alone.totals[same]), (cmp.totals, alone.totals)
+        assert cmp.monthly.equals(alone.monthly)
     cpu = alone.totals.loc["daily", "training CPU s"]
     assert with_shadow.totals.loc["daily", "training CPU s"] == pytest.approx(cpu, rel=0.5)
