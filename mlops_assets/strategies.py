@@ -121,9 +121,9 @@ def fingerprint(hashes: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(hashes).tobytes()).hexdigest()
 
 
-# The worker's copy of every training row sent so far (one worker process, tasks in order): each evening the
-# replay sends only the labels that arrived that day, not the whole year again.
-_KNOWN: dict[str, Any] = {"frame": None, "through": None}
+# The worker's copy of every training row sent so far and of their hashes (one worker process, tasks in
+# order): each evening the replay sends only the labels that arrived that day, and only those are hashed.
+_KNOWN: dict[str, Any] = {"frame": None, "hashes": None, "through": None}
 
 
 def _fit_next(
@@ -132,17 +132,22 @@ def _fit_next(
     """Add the day's rows to the worker's copy, fit the next morning's refit on it and save it."""
     if _KNOWN["through"] != since:
         raise RuntimeError(f"the worker holds rows through {_KNOWN['through']}, not {since}: rows were lost")
-    frame = new if _KNOWN["frame"] is None else pd.concat([_KNOWN["frame"], new], ignore_index=True)
-    known = frame.sort_values(ORDER, kind="stable", ignore_index=True)
-    _KNOWN.update(frame=known, through=day)
+    if _KNOWN["frame"] is None:
+        frame, hashes = new.reset_index(drop=True), row_hashes(new)
+    else:
+        frame = pd.concat([_KNOWN["frame"], new], ignore_index=True)
+        hashes = np.concatenate([_KNOWN["hashes"], row_hashes(new)])
+    order = frame.sort_values(ORDER, kind="stable").index.to_numpy()
+    known = frame.take(order).reset_index(drop=True)
+    _KNOWN.update(frame=known, hashes=hashes[order], through=day)
     rows, rest = _known_rows(known, recipe)
     with Stopwatch() as sw, threadpool_limits(limits=1):
         model, _ = fit_recipe(rows, **rest)
     joblib.dump(model, path)
-    return sw.cpu_seconds, fingerprint(row_hashes(known))
+    return sw.cpu_seconds, fingerprint(_KNOWN["hashes"])
 
 
-MAX_WAITING_FITS = 2
+MAX_WAITING_FITS = 64
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,8 @@ class ShadowRefits:
             from joblib.externals.loky import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(max_workers=1)
-        # Each waiting fit holds its day's rows in this process: when the worker falls behind, the replay waits
-        # for it rather than queue days of rows in memory.
+        # Each waiting fit holds its day's new rows in this process (a day of labels, not the history): the
+        # worker may fall behind by weeks before the replay waits for it.
         waiting = [f for f in self._pending.values() if not f.done()]
         if len(waiting) >= MAX_WAITING_FITS:
             wait(waiting[: len(waiting) - MAX_WAITING_FITS + 1])
