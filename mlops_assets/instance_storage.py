@@ -101,19 +101,23 @@ def _changes(conn: Connection) -> int:
     return int(conn.connection.dbapi_connection.total_changes)  # type: ignore[union-attr]
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    """Event log: the index shard and the newest run shards on kept connections."""
-
-    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
-        self._index_engines = _Engines()
-        self._run_engines = _Engines(limit=MAX_RUN_SHARDS)
-        super().__init__(base_dir, inst_data)
+class _ConfiguredByHome:
+    """Configured by DAGSTER_HOME alone: each storage finds its own file under it, as Dagster's default does."""
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
         from dagster import StringSource
 
         return {"dagster_home": StringSource}
+
+
+class PooledSqliteEventLogStorage(_ConfiguredByHome, SqliteEventLogStorage):
+    """Event log: the index shard and the newest run shards on kept connections."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._index_engines = _Engines()
+        self._run_engines = _Engines(limit=MAX_RUN_SHARDS)
+        super().__init__(base_dir, inst_data)
 
     @classmethod
     def from_config_value(  # type: ignore[override]
@@ -147,16 +151,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._index_engines.dispose()
 
 
-class _OneFile:
+class _OneFile(_ConfiguredByHome):
     """A storage of one database file (`_conn_string`) on a kept connection, configured by the home."""
 
     _conn_string: str
-
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        from dagster import StringSource
-
-        return {"dagster_home": StringSource}
 
     def _file_engines(self) -> _Engines:
         engines = self.__dict__.get("_file_engines_")

@@ -315,8 +315,9 @@ def replay(
             stopping.settle_in_flight(instance, session, stop.name)
     wall = time.perf_counter() - t0
     fits = {}
-    if shadow is not None:
-        fits = shadow.results() if stop.signal is None else {}
+    if shadow is not None and stop.signal is None:
+        fits = shadow.results()  # waits for the last refits, then lets the worker go
+    elif shadow is not None:
         shadow.close()
     return ReplayResult(spec, settings, records, retrains, wall, home, stop.name, fits)
 

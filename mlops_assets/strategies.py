@@ -72,10 +72,16 @@ def _tag_number(tags: dict[str, str], key: str) -> float | None:
     return None if value in (None, "", "None", "nan") else float(value)
 
 
-def _refit_and_score(rows: pd.DataFrame, today: pd.DataFrame, recipe: dict[str, Any]) -> tuple[np.ndarray, float]:
+def _timed_fit(rows: pd.DataFrame, recipe: dict[str, Any]) -> tuple[Any, float]:
+    """One refit on one core, with the CPU-seconds it took: how every daily refit is made and billed."""
     with Stopwatch() as sw, threadpool_limits(limits=1):
         model, _ = fit_recipe(rows, **recipe)
-    return predict_scores(model, today), sw.cpu_seconds
+    return model, sw.cpu_seconds
+
+
+def _refit_and_score(rows: pd.DataFrame, today: pd.DataFrame, recipe: dict[str, Any]) -> tuple[np.ndarray, float]:
+    model, cpu = _timed_fit(rows, recipe)
+    return predict_scores(model, today), cpu
 
 
 def _score_saved(path: str, today: pd.DataFrame, cpu_seconds: float) -> tuple[np.ndarray, float]:
@@ -140,11 +146,9 @@ def _fit_next(
     order = frame.sort_values(ORDER, kind="stable").index.to_numpy()
     known = frame.take(order).reset_index(drop=True)
     _KNOWN.update(frame=known, hashes=hashes[order], through=day)
-    rows, rest = _known_rows(known, recipe)
-    with Stopwatch() as sw, threadpool_limits(limits=1):
-        model, _ = fit_recipe(rows, **rest)
+    model, cpu = _timed_fit(*_known_rows(known, recipe))
     joblib.dump(model, path)
-    return sw.cpu_seconds, fingerprint(_KNOWN["hashes"])
+    return cpu, fingerprint(_KNOWN["hashes"])
 
 
 MAX_WAITING_FITS = 64
@@ -238,9 +242,7 @@ class ShadowRefits:
 def compare_strategies(result: ReplayResult) -> StrategyComparison:
     from mlops_assets.defs.resources import ModelRegistryResource
 
-    shadow = result.shadow
-
-    spec, settings = result.spec, result.settings
+    spec, settings, shadow = result.spec, result.settings, result.shadow
     store = store_for(settings, spec)
     registry = ModelRegistryResource(
         tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
