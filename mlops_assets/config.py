@@ -207,6 +207,10 @@ class TrainingSpec(_Strict):
     holdout_days: int = Field(default=7, ge=1)
     validation_days: int = Field(default=7, ge=1)
     slices: list[str] = []
+    # A promoted challenger's recipe is fit again on every label arrived by `as_of`, its hold-out included,
+    # and that fit is what serves: the gate judged the recipe; without the refit the model in production is
+    # always a hold-out older than the data (on drifting data, more than any schedule wins back).
+    refit_on_holdout: bool = True
 
 
 class GateSpec(_Strict):

@@ -347,7 +347,10 @@ def _run_retrain(
         "reason": rr.tags.get(TAG_REASON),
         "kind": rr.tags.get(TAG_KIND, "sweep"),
         "wall_seconds": wall,
-        "cpu_seconds": float(cand.get("cpu_seconds", 0.0) or (failure or {}).get("cpu_seconds", 0.0) or 0.0),
+        # the evaluation's figure includes the promoted recipe's served fit; the candidate's alone otherwise
+        "cpu_seconds": float(
+            ev.get("cpu_seconds") or cand.get("cpu_seconds", 0.0) or (failure or {}).get("cpu_seconds", 0.0) or 0.0
+        ),
         "family": cand.get("best_family"),
         "window": cand.get("best_window_days"),
         "decision": ev.get("decision", "failed"),

@@ -203,15 +203,21 @@ def evaluate(
     challenger: Any,
     champion: ChampionInfo | None,
     registry: ModelRegistryResource,
+    *,
+    refit_of_champion: bool = False,
 ) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame]:
     """Challenger and champion on the same hold-out days and users, each day's lists from the interactions
-    before it: (comparison, decision, challenger's per-day summary, challenger's per-user rows)."""
-    from mlops_assets.ml.promote import GatePolicy, decide_promotion
+    before it: (comparison, decision, challenger's per-day summary, challenger's per-user rows). Only the
+    hold-out days after the newest day the champion trained on are judged (see `registry/gate.py`)."""
+    from mlops_assets.defs.registry.gate import trained_through
+    from mlops_assets.ml.promote import GatePolicy, PromotionDecision, decide_promotion
     from mlops_assets.ml.ranking.metrics import compare_rankings, evaluate_days
 
     assert spec.ranking is not None
     rows = interactions(spec, frame)
-    days = sorted(pd.to_datetime(parts["holdout"]["event_day"]).dt.date.unique())
+    all_days = sorted(pd.to_datetime(parts["holdout"]["event_day"]).dt.date.unique())
+    through = trained_through(champion)
+    days = [d for d in all_days if through is None or d > through] or all_days
     k = spec.ranking.k
     ch_rows, ch_days = evaluate_days(challenger, rows, days, k)
     if champion is not None:
@@ -226,7 +232,15 @@ def evaluate(
         confidence=policy.confidence,
         min_slice_users=min(20, policy.min_slice_rows),
     )
-    decision = decide_promotion(comparison, policy, champion_is_baseline=champion is None or champion.is_baseline)
+    decision = decide_promotion(
+        comparison,
+        policy,
+        champion_is_baseline=champion is None or champion.is_baseline,
+        refit_of_champion=refit_of_champion,
+    )
+    if through is not None and days == all_days and all_days[-1] <= through:
+        why = f"no hold-out day after the champion's training (through {through}): nothing shows the challenger better"
+        decision = PromotionDecision(False, "rejected", why)
     context.log.info(f"gate ({comparison.n} users, {len(days)} hold-out days): {decision.status}: {decision.reason}")
     return comparison, decision, ch_days, ch_rows
 
@@ -392,13 +406,17 @@ def evaluation_output(
     challenger: Any,
     champion: ChampionInfo | None,
     registry: ModelRegistryResource,
+    *,
+    refit_of_champion: bool = False,
 ) -> dg.Output[dict[str, Any]]:
     """`evaluation_report` for a recommender: the same pointer the registry reads, the gate's decision, and
     the challenger's per-day ranking metrics on the hold-out."""
     from mlops_assets.defs.training.assets import split_days
 
     parts = split_days(frame, spec)
-    comparison, decision, ch_days, _ = evaluate(context, spec, frame, parts, challenger, champion, registry)
+    comparison, decision, ch_days, _ = evaluate(
+        context, spec, frame, parts, challenger, champion, registry, refit_of_champion=refit_of_champion
+    )
     summary = comparison.to_dict()
     summary.pop("slices", None)
     pointer = {
@@ -412,6 +430,7 @@ def evaluation_output(
     return dg.Output(
         pointer,
         metadata={
+            "against_baseline": bool(champion is None or champion.is_baseline),
             "decision": decision.status,
             "promote": decision.promote,
             "reason": decision.reason,

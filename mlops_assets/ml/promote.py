@@ -44,8 +44,16 @@ class PromotionDecision:
 
 
 def decide_promotion(
-    comparison: Comparison | None, policy: GatePolicy, *, champion_is_baseline: bool
+    comparison: Comparison | None,
+    policy: GatePolicy,
+    *,
+    champion_is_baseline: bool,
+    refit_of_champion: bool = False,
 ) -> PromotionDecision:
+    """`refit_of_champion`: the challenger is the champion's own recipe fit on newer rows. Its recipe already
+    won a gate, so it must only not be worse (the upper bound of the interval at or above zero), where a new
+    recipe must be better by the margin: a refit is routine maintenance, the gate's job there is to stop a
+    broken one (bad new data, a failed fit), not to ask fresher data to prove itself on a week of rows."""
     if comparison is None:
         return PromotionDecision(False, "rejected", "no comparison: the challenger was not evaluated")
     c = comparison
@@ -66,6 +74,15 @@ def decide_promotion(
         f"{c.metric} {c.challenger:.4f} vs {c.champion:.4f}, delta {c.delta:+.4f}, "
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}"
     )
+    if refit_of_champion and not champion_is_baseline:
+        if c.ci_high < 0:
+            return PromotionDecision(
+                False, "rejected", f"refit of the champion's recipe is worse than the champion with confidence: {nums}"
+            )
+        vetoed = _slice_veto(c, policy, nums)
+        if vetoed is not None:
+            return vetoed
+        return _approval(policy, "promoted", f"refit of the champion's recipe on newer rows, not worse: {nums}")
     if champion_is_baseline:
         if c.ci_low > 0:
             return _approval(policy, "first_model", f"first trained model beats the baseline: {nums}")
@@ -87,6 +104,14 @@ def decide_promotion(
             f"improvement not shown to reach the margin {policy.min_delta:g} with {c.confidence:.0%} confidence: "
             f"{nums}",
         )
+    vetoed = _slice_veto(c, policy, nums)
+    if vetoed is not None:
+        return vetoed
+    return _approval(policy, "promoted", f"better with confidence: {nums}")
+
+
+def _slice_veto(c: Comparison, policy: GatePolicy, nums: str) -> PromotionDecision | None:
+    """A large enough slice that regresses beyond the limit refuses the promotion, whatever the overall gain."""
     judged = c.slices[c.slices["n"] >= policy.min_slice_rows] if len(c.slices) else c.slices
     worst = judged.sort_values("delta").iloc[0] if len(judged) else None
     if worst is not None and worst["delta"] < -policy.max_slice_regression:
@@ -98,7 +123,7 @@ def decide_promotion(
                 f"(limit {policy.max_slice_regression:g}, n={int(worst['n'])}) although overall {nums}"
             ),
         )
-    return _approval(policy, "promoted", f"better with confidence: {nums}")
+    return None
 
 
 def _approval(policy: GatePolicy, status: str, reason: str) -> PromotionDecision:
@@ -114,6 +139,7 @@ class GateOutcome:
     comparison: Comparison
     decision: PromotionDecision
     challenger_scores: np.ndarray
+    rows: pd.DataFrame  # the hold-out rows judged, aligned with `challenger_scores`
 
 
 def run_gate(
@@ -127,6 +153,7 @@ def run_gate(
     slice_columns: Sequence[str],
     policy: GatePolicy,
     champion_is_baseline: bool,
+    refit_of_champion: bool = False,
 ) -> GateOutcome:
     """Challenger against champion (None: no champion yet, judged against the hold-out's mean) on the same
     hold-out rows, then the decision.
@@ -148,8 +175,10 @@ def run_gate(
         confidence=policy.confidence,
         min_slice_rows=min(200, policy.min_slice_rows),
     )
-    decision = decide_promotion(comparison, policy, champion_is_baseline=champion_is_baseline)
-    return GateOutcome(comparison, decision, challenger_scores)
+    decision = decide_promotion(
+        comparison, policy, champion_is_baseline=champion_is_baseline, refit_of_champion=refit_of_champion
+    )
+    return GateOutcome(comparison, decision, challenger_scores, holdout)
 
 
 class ChampionLockTimeout(TimeoutError):

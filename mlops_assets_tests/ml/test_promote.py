@@ -236,3 +236,38 @@ def test_the_postgres_lock_is_an_advisory_lock_excluding_other_sessions() -> Non
 def test_a_tracking_server_gives_no_store_lock_and_says_so() -> None:
     with champion_lock("http://127.0.0.1:5000", "m") as kind:
         assert kind == "none"
+
+
+def test_a_refit_of_the_champions_recipe_must_only_not_be_worse() -> None:
+    """Its recipe already won a gate: a refit on fresher rows is promoted unless the hold-out shows it worse,
+    where a new recipe with the same numbers would be refused for not clearing the margin."""
+    policy = GatePolicy(min_delta=0.003)
+    wobble = comparison(-0.001, -0.004, 0.002)
+    assert not decide_promotion(wobble, policy, champion_is_baseline=False).promote
+    kept = decide_promotion(wobble, policy, champion_is_baseline=False, refit_of_champion=True)
+    assert kept.promote and kept.status == "promoted" and "refit of the champion's recipe" in kept.reason
+    worse = decide_promotion(
+        comparison(-0.01, -0.016, -0.004), policy, champion_is_baseline=False, refit_of_champion=True
+    )
+    assert not worse.promote and "worse than the champion with confidence" in worse.reason
+    slices = pd.DataFrame(
+        {
+            "slice_column": ["origin"],
+            "slice_value": ["JFK"],
+            "n": [4000],
+            "challenger": [0.6],
+            "champion": [0.7],
+            "delta": [-0.1],
+        }
+    )
+    vetoed = decide_promotion(
+        comparison(0.0, -0.003, 0.003, slices), policy, champion_is_baseline=False, refit_of_champion=True
+    )
+    assert not vetoed.promote and "origin=JFK regresses" in vetoed.reason
+    # the refit rule never replaces the first model's test against the baseline, nor the approval
+    first = decide_promotion(wobble, policy, champion_is_baseline=True, refit_of_champion=True)
+    assert not first.promote
+    held = decide_promotion(
+        wobble, GatePolicy(require_approval=True), champion_is_baseline=False, refit_of_champion=True
+    )
+    assert held.status == "pending_approval"

@@ -14,6 +14,7 @@ import pandas as pd
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings
 from mlops_assets.defs import names
 from mlops_assets.defs.monitoring.assets import profiled_columns
+from mlops_assets.defs.registry.gate import TRAINED_THROUGH_TAG
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
@@ -245,7 +246,12 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         lk = lake.lake()
         frame = lk.read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
-        train = split_days(frame, ds)["train"]
+        # What registers is what will serve: the promoted recipe's fit on every row when there is one
+        # (`evaluation_report`), else the judged model. Drift is measured against the rows it trained on.
+        served = evaluation_report.get("served")
+        model_uri = served["model_uri"] if served else candidate_models["model_uri"]
+        model_sha = served["model_sha256"] if served else candidate_models["model_sha256"]
+        train = frame if served else split_days(frame, ds)["train"]
         numeric, categorical = profiled_columns(train, ds)
         untested = sorted({*ds.numeric_features, *ds.categorical_features} - {*numeric, *categorical})
         if untested:  # an early model: its 7-day rates had no labelled days yet
@@ -258,7 +264,12 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "mlops.metric": ds.metric,
             "mlops.holdout_metric": f"{evaluation_report['challenger_holdout']:.6f}",
             "mlops.valid_metric": f"{candidate_models['valid_score']:.6f}",
-            "mlops.model_sha256": candidate_models["model_sha256"],
+            "mlops.model_sha256": model_sha,
+            "mlops.judged_model_sha256": candidate_models["model_sha256"],
+            **({TRAINED_THROUGH_TAG: training_dataset["as_of"]} if served else {}),
+            "mlops.served_fit": f"every labelled row through {training_dataset['as_of']} ({served['rows']} rows)"
+            if served
+            else "the judged model (rows before the hold-out)",
             "mlops.family": candidate_models["family"],
             "mlops.window_days": str(candidate_models["window_days"]),
             "mlops.half_life_days": str(candidate_models["half_life_days"]),
@@ -290,12 +301,12 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             # The champion the gate compared against ("none": no champion yet): the alias moves to this
             # version only if it still names that one.
             "mlops.compared_with": str(evaluation_report["champion_version"] or "none"),
-            "mlops.cpu_seconds": f"{candidate_models['cpu_seconds']:.2f}",
+            "mlops.cpu_seconds": f"{candidate_models['cpu_seconds'] + (served['cpu_seconds'] if served else 0):.2f}",
             # How the online API will score it: compiled only if proven equal on this hold-out.
             **(
                 scorer_tags(
-                    candidate_models["model_uri"],
-                    candidate_models["model_sha256"],
+                    model_uri,
+                    model_sha,
                     registry.tracking_uri,
                     split_days(frame, ds)["holdout"],
                     ds,
@@ -306,7 +317,7 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "mlops.retrain_kind": str(candidate_models.get("kind", "sweep")),
             "mlops.retrain_reason": str(context.run.tags.get("mlops/reason", "manual"))[:500],
         }
-        mv = register_version(registry, ds, candidate_models["model_uri"], candidate_models["run_id"], tags)
+        mv = register_version(registry, ds, model_uri, candidate_models["run_id"], tags)
         context.log.info(f"registered {ds.model_name} v{mv.version} (gate: {decision['status']})")
         return dg.Output(
             {
@@ -318,7 +329,8 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             metadata={
                 "version": str(mv.version),
                 "gate": decision["status"],
-                "model_sha256": candidate_models["model_sha256"],
+                "model_sha256": model_sha,
+                "served_fit": tags["mlops.served_fit"],
                 "training_dataset_sha256": training_dataset["sha256"],
                 "code_version": code_version(),
                 "reference_profile": dg.MetadataValue.path(lk.uri(prof_key)),

@@ -2,6 +2,8 @@
 evaluation against the champion on the same recent hold-out."""
 
 import datetime as dt
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -53,6 +55,103 @@ def split_days(frame: pd.DataFrame, spec: DatasetSpec) -> dict[str, pd.DataFrame
 def _span(df: pd.DataFrame) -> str:
     d = pd.to_datetime(df["event_day"])
     return f"{d.min().date()} .. {d.max().date()}" if len(df) else "empty"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a trained model is, short of its data: enough to fit it again on other rows."""
+
+    family: str
+    params: dict[str, Any]
+    window_days: int | None
+    half_life_days: float | None
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> "Recipe":
+        """From a registered version's tags (the champion's recipe, for a refit)."""
+
+        def number(key: str) -> float | None:
+            v = tags.get(key)
+            return None if v in (None, "", "None", "nan") else float(v)
+
+        window = number("mlops.window_days")
+        return cls(
+            tags["mlops.family"],
+            json.loads(tags.get("mlops.params", "{}")),
+            int(window) if window is not None else None,
+            number("mlops.half_life_days"),
+        )
+
+    @classmethod
+    def from_pointer(cls, pointer: dict[str, Any]) -> "Recipe":
+        """From `candidate_models`' output (the challenger just judged)."""
+        return cls(pointer["family"], dict(pointer["params"]), pointer["window_days"], pointer["half_life_days"])
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: Any
+    rows: int
+    cpu_seconds: float
+    wall_seconds: float
+
+
+def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, with_holdout: bool) -> Fitted:
+    """The recipe fit on the training set's rows before the hold-out (what the gate judges), or on all of
+    them (what serves once the gate has judged the recipe), for either task."""
+    from threadpoolctl import threadpool_limits
+
+    from mlops_assets.ml.cost import Stopwatch
+
+    parts = split_days(frame, spec)
+    if spec.task == "ranking":
+        from mlops_assets.defs.ranking import day_cutoff, interactions
+        from mlops_assets.ml.ranking.models import Recommender
+        from mlops_assets.ml.ranking.sweep import RankingSpace
+
+        last = max(pd.to_datetime(frame["event_day"]).dt.date)
+        cutoff = day_cutoff(last) if with_holdout else pd.Timestamp(min(pd.to_datetime(parts["holdout"]["event_day"])))
+        seed = RankingSpace.from_dict(spec.search).seed
+        with Stopwatch() as sw:
+            model = Recommender(
+                recipe.family,
+                recipe.params,
+                window_days=recipe.window_days,
+                half_life_days=recipe.half_life_days,
+                seed=seed,
+            ).fit(interactions(spec, frame), cutoff)
+        return Fitted(model, model.n_train, sw.cpu_seconds, sw.wall_seconds)
+    from mlops_assets.ml.automl import SearchSpace, fit_recipe
+
+    space = SearchSpace.from_dict(spec.search)
+    rows = frame if with_holdout else pd.concat([parts["train"], parts["valid"]], ignore_index=True)
+    with Stopwatch() as sw, threadpool_limits(limits=max(1, space.n_jobs or 1)):
+        model, n_rows = fit_recipe(
+            rows,
+            family=recipe.family,
+            params=recipe.params,
+            window_days=recipe.window_days,
+            half_life_days=recipe.half_life_days,
+            target=spec.target.name,
+            time_column="event_time",
+            numeric=spec.numeric_features,
+            categorical=spec.categorical_features,
+            task=spec.task,
+            seed=space.seed,
+            max_rows=space.max_rows,
+        )
+    return Fitted(model, n_rows, sw.cpu_seconds, sw.wall_seconds)
+
+
+def log_fitted(spec: DatasetSpec, model: Any, name: str, example: pd.DataFrame) -> Any:
+    """Log a fitted model of either task to the active MLflow run."""
+    if spec.task == "ranking":
+        from mlops_assets.ml.ranking.models import log_recommender
+
+        return log_recommender(model, name=name)
+    from mlops_assets.ml.models import log_model
+
+    return log_model(model, name=name, input_example=example[spec.feature_names].head(5))
 
 
 def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
@@ -153,85 +252,59 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         lake: LakeResource,
         registry: ModelRegistryResource,
         run_id: str,
-        recipe: dict[str, str],
+        recipe_tags: dict[str, str],
     ) -> dg.Output[dict[str, Any]]:
         """The champion's recipe fit once on every row before the hold-out (train + validation, as the sweep's
         winner is refit): no search, so its validation score is not measured; the gate judges it on the same
         hold-out as any challenger."""
-        import json
-
         import mlflow as mlflow_lib
-        from threadpoolctl import threadpool_limits
 
-        from mlops_assets.ml.automl import SearchSpace, fit_recipe
-        from mlops_assets.ml.cost import CPUBudgetExceeded, Stopwatch, check_budget
-        from mlops_assets.ml.models import log_model
+        from mlops_assets.ml.cost import CPUBudgetExceeded, check_budget
 
         ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
-        parts = split_days(frame, ds)
-        space = SearchSpace.from_dict(ds.search)
-
-        def number(key: str) -> float | None:
-            v = recipe.get(key)
-            return None if v in (None, "", "None", "nan") else float(v)
-
-        window, half_life = number("mlops.window_days"), number("mlops.half_life_days")
-        params = json.loads(recipe.get("mlops.params", "{}"))
-        family = recipe["mlops.family"]
-        full = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
-        with Stopwatch() as sw, threadpool_limits(limits=max(1, space.n_jobs or 1)):
-            model, n_rows = fit_recipe(
-                full,
-                family=family,
-                params=params,
-                window_days=int(window) if window is not None else None,
-                half_life_days=half_life,
-                target=ds.target.name,
-                time_column="event_time",
-                numeric=ds.numeric_features,
-                categorical=ds.categorical_features,
-                task=ds.task,
-                seed=space.seed,
-                max_rows=space.max_rows,
-            )
+        recipe = Recipe.from_tags(recipe_tags)
+        fitted = fit_recipe_on(ds, frame, recipe, with_holdout=False)
         try:
-            check_budget(f"refit of {family}", sw.cpu_seconds, ds.policy.cost.max_cpu_seconds)
+            check_budget(f"refit of {recipe.family}", fitted.cpu_seconds, ds.policy.cost.max_cpu_seconds)
         except CPUBudgetExceeded as exc:
             raise _budget_failure(exc, "refit") from exc
-        mlflow_lib.log_params({"as_of": training_dataset["as_of"], "kind": "refit", "family": family})
-        mlflow_lib.log_metrics({"cpu_seconds": sw.cpu_seconds, "wall_seconds": sw.wall_seconds, "n_train": n_rows})
-        info = log_model(model, name="model", input_example=parts["valid"][ds.feature_names].head(5))
+        mlflow_lib.log_params({"as_of": training_dataset["as_of"], "kind": "refit", "family": recipe.family})
+        mlflow_lib.log_metrics(
+            {"cpu_seconds": fitted.cpu_seconds, "wall_seconds": fitted.wall_seconds, "n_train": fitted.rows}
+        )
+        info = log_fitted(ds, fitted.model, "model", split_days(frame, ds)["valid"])
         model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
-        context.log.info(f"refit {family} on {n_rows} rows: {sw.cpu_seconds:.1f} CPU-s")
+        context.log.info(f"refit {recipe.family} on {fitted.rows} rows: {fitted.cpu_seconds:.1f} CPU-s")
         pointer = {
             "model_uri": info.model_uri,
             "model_sha256": model_sha,
             "run_id": run_id,
-            "family": family,
-            "params": params,
-            "window_days": int(window) if window is not None else None,
-            "half_life_days": half_life,
+            "family": recipe.family,
+            "params": recipe.params,
+            "window_days": recipe.window_days,
+            "half_life_days": recipe.half_life_days,
             "valid_score": float("nan"),
             "metric": ds.metric,
-            "cpu_seconds": sw.cpu_seconds,
-            "wall_seconds": sw.wall_seconds,
+            "cpu_seconds": fitted.cpu_seconds,
+            "wall_seconds": fitted.wall_seconds,
             "trials": 0,
             "dataset_sha256": training_dataset["sha256"],
             "kind": "refit",
+            "recipe_from": str(recipe_tags.get("mlops.version", "")),
         }
         return dg.Output(
             pointer,
             metadata={
                 "retrain_kind": "refit",
-                "best_family": family,
-                "best_window_days": str(pointer["window_days"]),
+                "best_family": recipe.family,
+                "best_window_days": str(recipe.window_days),
                 "trials": 0,
-                "refit_rows": n_rows,
-                "cpu_seconds": round(sw.cpu_seconds, 2),
-                "wall_seconds": round(sw.wall_seconds, 2),
-                "recipe_from": f"champion v{recipe.get('mlops.version', '?')} "
-                f"(trained as of {recipe.get('mlops.training_as_of', '?')})",
+                "refit_rows": fitted.rows,
+                "cpu_seconds": round(fitted.cpu_seconds, 2),
+                "wall_seconds": round(fitted.wall_seconds, 2),
+                "recipe_from": f"champion v{recipe_tags.get('mlops.version', '?')} "
+                f"(trained as of {recipe_tags.get('mlops.training_as_of', '?')})",
                 "mlflow_run_id": str(run_id),
                 "model_sha256": model_sha,
             },
@@ -373,32 +446,117 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         registry: ModelRegistryResource,
     ) -> dg.Output[dict[str, Any]]:
         """Challenger against champion on the same hold-out (the newest labelled days, which neither trained
-        on): a paired bootstrap interval for the difference, per-slice metrics, and the gate's decision."""
+        on): a paired bootstrap interval for the difference, per-slice metrics, and the gate's decision. A
+        promoted recipe is then fit on every row, its hold-out included, and that fit is what registers and
+        serves (`training.refit_on_holdout`)."""
         ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
-        holdout = split_days(frame, ds)["holdout"].reset_index(drop=True)
-        from mlops_assets.ml.evaluate import performance_html
-
         challenger = load_verified(
             candidate_models["model_uri"], candidate_models["model_sha256"], registry.tracking_uri
         ).model
         champion = registry.champion_info(ds.model_name)
+        # A refit of the recipe of the champion still in production only has to be not worse (ml/promote.py).
+        refit_of_champion = (
+            candidate_models.get("kind") == "refit"
+            and champion is not None
+            and candidate_models.get("recipe_from") == champion.version
+        )
         if ds.task == "ranking":  # lists judged day by day on the hold-out (defs/ranking.py)
             from mlops_assets.defs import ranking
 
-            return ranking.evaluation_output(context, ds, frame, challenger, champion, registry)
+            judged = ranking.evaluation_output(
+                context, ds, frame, challenger, champion, registry, refit_of_champion=refit_of_champion
+            )
+            pointer, metadata = judged.value, dict(judged.metadata)
+        else:
+            pointer, metadata = _tabular_evaluation(
+                context, frame, challenger, champion, lake, registry, training_dataset, refit_of_champion
+            )
+        decision = pointer["decision"]
+        served = _served_fit(context, frame, candidate_models, decision, registry)
+        cpu = float(candidate_models["cpu_seconds"]) + (served["cpu_seconds"] if served else 0.0)
+        return dg.Output(
+            {**pointer, "served": served},
+            metadata={
+                **metadata,
+                "as_of": training_dataset["as_of"],
+                "retrain_kind": candidate_models.get("kind", "sweep"),
+                "refit_of_champion": refit_of_champion,
+                # the retrain's whole cost, the served fit included: what the cost-aware policy prices
+                "cpu_seconds": round(cpu, 2),
+                "served_fit": f"recipe refit on {served['rows']} rows through {training_dataset['as_of']} "
+                f"({served['cpu_seconds']:.1f} CPU-s)"
+                if served
+                else "the judged model (not promoted, or refit_on_holdout off, or awaiting approval)",
+            },
+        )
+
+    def _served_fit(
+        context: dg.AssetExecutionContext,
+        frame: pd.DataFrame,
+        candidate_models: dict[str, Any],
+        decision: dict[str, Any],
+        registry: ModelRegistryResource,
+    ) -> dict[str, Any] | None:
+        """The judged recipe fit on every row through `as_of`, logged beside the judged model in the retrain's
+        MLflow run. Not for a version awaiting approval: the approval re-judges the registered model on the
+        hold-out of its day, which a model fit on its own hold-out would pass on its training rows."""
+        ds = spec
+        if not (ds.training.refit_on_holdout and decision["promote"] and decision["status"] != "pending_approval"):
+            return None
+        import mlflow as mlflow_lib
+
+        from mlops_assets.ml.cost import CPUBudgetExceeded, check_budget
+
+        fitted = fit_recipe_on(ds, frame, Recipe.from_pointer(candidate_models), with_holdout=True)
+        try:
+            total = float(candidate_models["cpu_seconds"]) + fitted.cpu_seconds
+            check_budget("retrain with its served fit", total, ds.policy.cost.max_cpu_seconds)
+        except CPUBudgetExceeded as exc:
+            raise _budget_failure(exc, str(candidate_models.get("kind", "sweep"))) from exc
+        mlflow_lib.set_tracking_uri(registry.tracking_uri)
+        with mlflow_lib.start_run(run_id=candidate_models["run_id"]):
+            info = log_fitted(ds, fitted.model, "served_model", frame)
+            mlflow_lib.log_metrics({"served_fit_cpu_seconds": fitted.cpu_seconds, "served_fit_rows": fitted.rows})
+        sha = artifact_digest(info.model_uri, registry.tracking_uri)
+        context.log.info(
+            f"promoted recipe refit on every row through the hold-out: {fitted.rows} rows, "
+            f"{fitted.cpu_seconds:.1f} CPU-s; this fit serves"
+        )
+        return {
+            "model_uri": info.model_uri,
+            "model_sha256": sha,
+            "rows": fitted.rows,
+            "cpu_seconds": fitted.cpu_seconds,
+        }
+
+    def _tabular_evaluation(
+        context: dg.AssetExecutionContext,
+        frame: pd.DataFrame,
+        challenger: Any,
+        champion: Any,
+        lake: LakeResource,
+        registry: ModelRegistryResource,
+        training_dataset: dict[str, Any],
+        refit_of_champion: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        ds = spec
+        from mlops_assets.ml.evaluate import performance_html
+
+        holdout = split_days(frame, ds)["holdout"].reset_index(drop=True)
         # The same gate an approval re-runs (registry/gate.py); the champion compared with here is recorded so
         # that the alias moves only if it still names this version (compare-and-set in the champion asset).
-        outcome = judge(ds, holdout, challenger, champion, registry)
-        comparison, decision, challenger_scores = outcome.comparison, outcome.decision, outcome.challenger_scores
-        context.log.info(f"gate: {decision.status}: {decision.reason}")
+        outcome = judge(ds, holdout, challenger, champion, registry, refit_of_champion=refit_of_champion)
+        comparison, decision = outcome.comparison, outcome.decision
+        judged = f"{len(outcome.rows)} of {len(holdout)} hold-out rows"
+        context.log.info(f"gate on {judged}: {decision.status}: {decision.reason}")
         report = publish(
             lake.lake(),
             ds.name,
             "evidently_report",
             f"evaluation_{training_dataset['as_of']}_{context.run_id[:8]}.html",
             lambda p: performance_html(
-                holdout.assign(prediction=challenger_scores),
+                outcome.rows.assign(prediction=outcome.challenger_scores),
                 target=ds.target.name,
                 prediction="prediction",
                 task=ds.task,
@@ -414,29 +572,25 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "challenger_holdout": comparison.challenger,
             "champion_holdout": comparison.champion,
         }
-        return dg.Output(
-            pointer,
-            metadata={
-                "as_of": training_dataset["as_of"],
-                "retrain_kind": candidate_models.get("kind", "sweep"),
-                "cpu_seconds": round(float(candidate_models["cpu_seconds"]), 2),
-                # a gain over the baseline says nothing of how fast a trained model goes stale
-                "against_baseline": bool(champion is None or champion.is_baseline),
-                "decision": decision.status,
-                "promote": decision.promote,
-                "reason": decision.reason,
-                f"challenger_{ds.metric}": float(comparison.challenger),
-                f"champion_{ds.metric}": float(comparison.champion),
-                "delta": float(comparison.delta),
-                "delta_ci": f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
-                "p_value": float(comparison.p_value),
-                "holdout_rows": len(holdout),
-                "champion_version": champion.version if champion else "none",
-                "slices": dg.MetadataValue.md(comparison.slices.round(4).to_markdown(index=False))
-                if len(comparison.slices)
-                else "no slice with enough rows",
-                **report,
-            },
-        )
+        metadata = {
+            # a gain over the baseline says nothing of how fast a trained model goes stale
+            "against_baseline": bool(champion is None or champion.is_baseline),
+            "decision": decision.status,
+            "promote": decision.promote,
+            "reason": decision.reason,
+            f"challenger_{ds.metric}": float(comparison.challenger),
+            f"champion_{ds.metric}": float(comparison.champion),
+            "delta": float(comparison.delta),
+            "delta_ci": f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
+            "p_value": float(comparison.p_value),
+            "holdout_rows": len(holdout),
+            "judged_rows": len(outcome.rows),
+            "champion_version": champion.version if champion else "none",
+            "slices": dg.MetadataValue.md(comparison.slices.round(4).to_markdown(index=False))
+            if len(comparison.slices)
+            else "no slice with enough rows",
+            **report,
+        }
+        return pointer, metadata
 
     return dg.Definitions(assets=[training_dataset, candidate_models, evaluation_report])

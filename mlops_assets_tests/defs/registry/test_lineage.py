@@ -212,3 +212,25 @@ def test_a_refit_reuses_the_champion_recipe_through_the_same_gate_and_registry(w
     newest = max(world.registry.client.search_model_versions(f"name='{MODEL}'"), key=lambda v: int(v.version))
     assert newest.tags["mlops.retrain_kind"] == "refit"
     assert newest.tags["mlops.retrain_reason"] == "test: the staleness cost paid for a refit"
+
+
+def test_the_promoted_recipe_serves_refit_on_every_row_and_the_judged_fit_is_kept(world: World) -> None:
+    """The gate judged a fit on the rows before the hold-out; what registers and serves is the same recipe fit
+    on every label arrived by `as_of`, in the same MLflow run, with both checksums and the bound on the tags."""
+    tags = world.champion.tags
+    assert tags["mlops.trained_through"] == TRAIN_AS_OF.isoformat()
+    assert tags["mlops.judged_model_sha256"] != tags["mlops.model_sha256"]
+    assert "every labelled row through 2013-01-09" in tags["mlops.served_fit"]
+    client = MlflowClient(tracking_uri=world.settings.mlflow_tracking_uri)
+    version = client.get_model_version(MODEL, world.champion.version)
+    run = client.get_run(tags["mlops.sweep_run_id"])
+    rows = json.loads(tags["mlops.training_window"])
+    assert rows["holdout"] and run.data.metrics["served_fit_rows"] > 0
+    assert version.run_id == run.info.run_id, "registered from the retrain's own MLflow run"
+    served = load_verified(world.champion.model_uri, tags["mlops.model_sha256"], world.settings.mlflow_tracking_uri)
+    assert served.model is not None
+    # every training row arrived by as_of, the hold-out's included, is what the served fit saw
+    spec = load_spec(world.settings.spec_path)
+    frame = store_for(world.settings, spec).training_frame(TRAIN_AS_OF)
+    assert run.data.metrics["served_fit_rows"] <= len(frame)
+    assert float(tags["mlops.cpu_seconds"]) >= run.data.metrics.get("served_fit_cpu_seconds", 0.0)
