@@ -205,6 +205,7 @@ def evaluate(
     registry: ModelRegistryResource,
     *,
     refit_of_champion: bool = False,
+    champion_twin: Any | None = None,
 ) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame]:
     """Challenger and champion on the same hold-out days and users, each day's lists from the interactions
     before it: (comparison, decision, challenger's per-day summary, challenger's per-user rows). Only the
@@ -216,12 +217,13 @@ def evaluate(
     assert spec.ranking is not None
     rows = interactions(spec, frame)
     all_days = sorted(pd.to_datetime(parts["holdout"]["event_day"]).dt.date.unique())
-    through = trained_through(champion)
+    through = None if champion_twin is not None else trained_through(champion)  # see `registry/gate.py::judge`
     days = [d for d in all_days if through is None or d > through] or all_days
     k = spec.ranking.k
     ch_rows, ch_days = evaluate_days(challenger, rows, days, k)
     if champion is not None:
-        cp_rows, _ = evaluate_days(registry.load_champion(champion), rows, days, k)
+        model = champion_twin if champion_twin is not None else registry.load_champion(champion)
+        cp_rows, _ = evaluate_days(model, rows, days, k)
     else:  # no champion at all: judged against recommending nothing
         cp_rows = ch_rows.assign(ndcg=0.0, recall=0.0, ap=0.0, hit=0.0)
     policy = GatePolicy(**spec.gate.model_dump())
@@ -408,6 +410,7 @@ def evaluation_output(
     registry: ModelRegistryResource,
     *,
     refit_of_champion: bool = False,
+    champion_twin: Any | None = None,
 ) -> dg.Output[dict[str, Any]]:
     """`evaluation_report` for a recommender: the same pointer the registry reads, the gate's decision, and
     the challenger's per-day ranking metrics on the hold-out."""
@@ -415,7 +418,15 @@ def evaluation_output(
 
     parts = split_days(frame, spec)
     comparison, decision, ch_days, _ = evaluate(
-        context, spec, frame, parts, challenger, champion, registry, refit_of_champion=refit_of_champion
+        context,
+        spec,
+        frame,
+        parts,
+        challenger,
+        champion,
+        registry,
+        refit_of_champion=refit_of_champion,
+        champion_twin=champion_twin,
     )
     summary = comparison.to_dict()
     summary.pop("slices", None)

@@ -51,9 +51,11 @@ def decide_promotion(
     refit_of_champion: bool = False,
 ) -> PromotionDecision:
     """`refit_of_champion`: the challenger is the champion's own recipe fit on newer rows. Its recipe already
-    won a gate, so it must only not be worse (the upper bound of the interval at or above zero), where a new
-    recipe must be better by the margin: a refit is routine maintenance, the gate's job there is to stop a
-    broken one (bad new data, a failed fit), not to ask fresher data to prove itself on a week of rows."""
+    won a gate, so it must only not be surely worse by more than the margin (the interval's upper bound at or
+    above minus the margin), where a new recipe must be better by it: a refit is routine maintenance, and the
+    gate's job there is to stop a broken one (bad new data, a failed fit), not to make fresher data prove
+    itself on a few days of rows. The margin is the tolerance because the judged fit stops before the
+    hold-out, while a champion fit through its own day may have seen days of rows the judged fit has not."""
     if comparison is None:
         return PromotionDecision(False, "rejected", "no comparison: the challenger was not evaluated")
     c = comparison
@@ -75,9 +77,12 @@ def decide_promotion(
         f"{c.confidence:.0%} CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], n={c.n}"
     )
     if refit_of_champion and not champion_is_baseline:
-        if c.ci_high < 0:
+        if c.ci_high < -policy.min_delta:
             return PromotionDecision(
-                False, "rejected", f"refit of the champion's recipe is worse than the champion with confidence: {nums}"
+                False,
+                "rejected",
+                f"refit of the champion's recipe is worse than the champion by more than the margin "
+                f"{policy.min_delta:g} with confidence: {nums}",
             )
         vetoed = _slice_veto(c, policy, nums)
         if vetoed is not None:

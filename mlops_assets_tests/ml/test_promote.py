@@ -249,7 +249,11 @@ def test_a_refit_of_the_champions_recipe_must_only_not_be_worse() -> None:
     worse = decide_promotion(
         comparison(-0.01, -0.016, -0.004), policy, champion_is_baseline=False, refit_of_champion=True
     )
-    assert not worse.promote and "worse than the champion with confidence" in worse.reason
+    assert not worse.promote and "worse than the champion by more than the margin 0.003" in worse.reason
+    near = decide_promotion(
+        comparison(-0.004, -0.006, -0.002), policy, champion_is_baseline=False, refit_of_champion=True
+    )
+    assert near.promote, "surely worse, but within the margin: a judged fit a few days older than the champion"
     slices = pd.DataFrame(
         {
             "slice_column": ["origin"],

@@ -42,15 +42,24 @@ def judge(
     registry: ModelRegistryResource,
     *,
     refit_of_champion: bool = False,
+    champion_twin: Any | None = None,
 ) -> GateOutcome:
     """The challenger model against `champion` (its artifact verified against its checksum before it
     scores anything) on the rows of `holdout` neither has trained on, with the spec's metric, slices and gate
     policy. With no such row left, nothing can show the challenger better: rejected, with the scores on the
-    whole hold-out reported for the record."""
-    unseen = unseen_by_champion(holdout, champion)
+    whole hold-out reported for the record.
+
+    `champion_twin`: the champion's recipe fit on the challenger's own training rows. A new recipe is then
+    compared with the champion's recipe on the same data and the whole hold-out, which the served champion,
+    fit through its own day, has partly trained on and partly outdated."""
+    unseen = holdout if champion_twin is not None else unseen_by_champion(holdout, champion)
+    if champion_twin is not None:
+        champion_model = champion_twin
+    else:
+        champion_model = registry.load_champion(champion) if champion is not None else None
     outcome = run_gate(
         challenger,
-        registry.load_champion(champion) if champion is not None else None,
+        champion_model,
         unseen if len(unseen) else holdout,
         features=ds.feature_names,
         target=ds.target.name,
