@@ -55,6 +55,11 @@ def run(spec_path: Path, data_dir: Path, days: int) -> None:
     warm_s = time.perf_counter() - t
     print(f"\n== {spec.name}: {len(result.days)} days ({spec.replay.start} .. {end}), replay {replay_s:.0f} s ==")
     print(cold.render())
+    from mlops_assets.summary import retrain_table
+
+    retrains = retrain_table(result)
+    if not retrains.empty:
+        print("\nRetrains (day, kind, gate decision, why)\n" + retrains.to_string(index=False, max_colwidth=110))
     if cold.totals.empty:
         return
     tot = cold.totals

@@ -205,25 +205,21 @@ def evaluate(
     registry: ModelRegistryResource,
     *,
     refit_of_champion: bool = False,
-    champion_twin: Any | None = None,
 ) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame]:
-    """Challenger and champion on the same hold-out days and users, each day's lists from the interactions
-    before it: (comparison, decision, challenger's per-day summary, challenger's per-user rows). Only the
-    hold-out days after the newest day the champion trained on are judged (see `registry/gate.py`)."""
-    from mlops_assets.defs.registry.gate import trained_through
-    from mlops_assets.ml.promote import GatePolicy, PromotionDecision, decide_promotion
+    """Challenger and the champion's judged fit (`registry/gate.py::judged_model`) on the same hold-out days
+    and users, each day's lists from the interactions before it: (comparison, decision, challenger's per-day
+    summary, challenger's per-user rows)."""
+    from mlops_assets.defs.registry.gate import judged_model
+    from mlops_assets.ml.promote import GatePolicy, decide_promotion
     from mlops_assets.ml.ranking.metrics import compare_rankings, evaluate_days
 
     assert spec.ranking is not None
     rows = interactions(spec, frame)
-    all_days = sorted(pd.to_datetime(parts["holdout"]["event_day"]).dt.date.unique())
-    through = None if champion_twin is not None else trained_through(champion)  # see `registry/gate.py::judge`
-    days = [d for d in all_days if through is None or d > through] or all_days
+    days = sorted(pd.to_datetime(parts["holdout"]["event_day"]).dt.date.unique())
     k = spec.ranking.k
     ch_rows, ch_days = evaluate_days(challenger, rows, days, k)
     if champion is not None:
-        model = champion_twin if champion_twin is not None else registry.load_champion(champion)
-        cp_rows, _ = evaluate_days(model, rows, days, k)
+        cp_rows, _ = evaluate_days(judged_model(champion, registry), rows, days, k)
     else:  # no champion at all: judged against recommending nothing
         cp_rows = ch_rows.assign(ndcg=0.0, recall=0.0, ap=0.0, hit=0.0)
     policy = GatePolicy(**spec.gate.model_dump())
@@ -240,9 +236,6 @@ def evaluate(
         champion_is_baseline=champion is None or champion.is_baseline,
         refit_of_champion=refit_of_champion,
     )
-    if through is not None and days == all_days and all_days[-1] <= through:
-        why = f"no hold-out day after the champion's training (through {through}): nothing shows the challenger better"
-        decision = PromotionDecision(False, "rejected", why)
     context.log.info(f"gate ({comparison.n} users, {len(days)} hold-out days): {decision.status}: {decision.reason}")
     return comparison, decision, ch_days, ch_rows
 
@@ -410,7 +403,6 @@ def evaluation_output(
     registry: ModelRegistryResource,
     *,
     refit_of_champion: bool = False,
-    champion_twin: Any | None = None,
 ) -> dg.Output[dict[str, Any]]:
     """`evaluation_report` for a recommender: the same pointer the registry reads, the gate's decision, and
     the challenger's per-day ranking metrics on the hold-out."""
@@ -426,7 +418,6 @@ def evaluation_output(
         champion,
         registry,
         refit_of_champion=refit_of_champion,
-        champion_twin=champion_twin,
     )
     summary = comparison.to_dict()
     summary.pop("slices", None)

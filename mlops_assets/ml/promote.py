@@ -54,8 +54,7 @@ def decide_promotion(
     won a gate, so it must only not be surely worse by more than the margin (the interval's upper bound at or
     above minus the margin), where a new recipe must be better by it: a refit is routine maintenance, and the
     gate's job there is to stop a broken one (bad new data, a failed fit), not to make fresher data prove
-    itself on a few days of rows. The margin is the tolerance because the judged fit stops before the
-    hold-out, while a champion fit through its own day may have seen days of rows the judged fit has not."""
+    itself on a few days of rows."""
     if comparison is None:
         return PromotionDecision(False, "rejected", "no comparison: the challenger was not evaluated")
     c = comparison
@@ -144,7 +143,6 @@ class GateOutcome:
     comparison: Comparison
     decision: PromotionDecision
     challenger_scores: np.ndarray
-    rows: pd.DataFrame  # the hold-out rows judged, aligned with `challenger_scores`
 
 
 def run_gate(
@@ -183,7 +181,7 @@ def run_gate(
     decision = decide_promotion(
         comparison, policy, champion_is_baseline=champion_is_baseline, refit_of_champion=refit_of_champion
     )
-    return GateOutcome(comparison, decision, challenger_scores, holdout)
+    return GateOutcome(comparison, decision, challenger_scores)
 
 
 class ChampionLockTimeout(TimeoutError):

@@ -14,7 +14,7 @@ import pandas as pd
 from mlops_assets.config import PROJECT_ROOT, DatasetSpec, Settings
 from mlops_assets.defs import names
 from mlops_assets.defs.monitoring.assets import profiled_columns
-from mlops_assets.defs.registry.gate import TRAINED_THROUGH_TAG
+from mlops_assets.defs.registry.gate import JUDGED_SHA_TAG, JUDGED_URI_TAG, TRAINED_THROUGH_TAG
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
     LakeResource,
@@ -265,7 +265,9 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "mlops.holdout_metric": f"{evaluation_report['challenger_holdout']:.6f}",
             "mlops.valid_metric": f"{candidate_models['valid_score']:.6f}",
             "mlops.model_sha256": model_sha,
-            "mlops.judged_model_sha256": candidate_models["model_sha256"],
+            # the fit the gate judged: what later gates compare their challengers with (registry/gate.py)
+            JUDGED_URI_TAG: candidate_models["model_uri"],
+            JUDGED_SHA_TAG: candidate_models["model_sha256"],
             **({TRAINED_THROUGH_TAG: training_dataset["as_of"]} if served else {}),
             "mlops.served_fit": f"every labelled row through {training_dataset['as_of']} ({served['rows']} rows)"
             if served

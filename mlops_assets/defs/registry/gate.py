@@ -4,7 +4,6 @@ against whatever the champion is when the person approves."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -12,26 +11,26 @@ import pandas as pd
 
 from mlops_assets.config import DatasetSpec
 from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
-from mlops_assets.ml.promote import GateOutcome, GatePolicy, PromotionDecision, run_gate
+from mlops_assets.ml.promote import GateOutcome, GatePolicy, run_gate
 from mlops_assets.storage.feature_sql import FeatureStoreApi
 
 TRAINED_THROUGH_TAG = "mlops.trained_through"
+JUDGED_URI_TAG, JUDGED_SHA_TAG = "mlops.judged_model_uri", "mlops.judged_model_sha256"
 
 
-def trained_through(champion: ChampionInfo | None) -> dt.date | None:
-    """The newest arrival day whose labels the champion trained on, when it was fit on its own hold-out too
-    (`training.refit_on_holdout`); None for a model that never saw its hold-out (the baseline, older versions)."""
-    value = champion.tags.get(TRAINED_THROUGH_TAG) if champion is not None else None
-    return dt.date.fromisoformat(value) if value else None
+def judged_model(champion: ChampionInfo, registry: ModelRegistryResource) -> Any:
+    """The champion as the gate judged it: fit on the rows before its own hold-out. Its served fit (the same
+    recipe on every row through its day, `training.refit_on_holdout`) has trained on part of any later
+    hold-out and would win there on its training rows; the judged fit has seen none of a later hold-out, so
+    comparing two judged fits compares two recipes and data vintages fairly, as the gate always has, and the
+    gains it measures keep meaning what a fresher model wins (what the cost-aware policy learns from). A
+    version without a separate judged fit (the baseline, a version awaiting approval) is its own."""
+    from mlops_assets.storage.models import load_verified
 
-
-def unseen_by_champion(holdout: pd.DataFrame, champion: ChampionInfo | None) -> pd.DataFrame:
-    """The hold-out rows the champion did not train on: a champion refit on its own hold-out would otherwise
-    be judged partly on its training rows and win every gate it has no right to win."""
-    through = trained_through(champion)
-    if through is None or "arrival_day" not in holdout:
-        return holdout
-    return holdout[pd.to_datetime(holdout["arrival_day"]).dt.date > through].reset_index(drop=True)
+    uri, sha = champion.tags.get(JUDGED_URI_TAG), champion.tags.get(JUDGED_SHA_TAG)
+    if uri and sha and sha != champion.model_sha256:
+        return load_verified(uri, sha, registry.tracking_uri).model
+    return registry.load_champion(champion)
 
 
 def judge(
@@ -42,25 +41,13 @@ def judge(
     registry: ModelRegistryResource,
     *,
     refit_of_champion: bool = False,
-    champion_twin: Any | None = None,
 ) -> GateOutcome:
-    """The challenger model against `champion` (its artifact verified against its checksum before it
-    scores anything) on the rows of `holdout` neither has trained on, with the spec's metric, slices and gate
-    policy. With no such row left, nothing can show the challenger better: rejected, with the scores on the
-    whole hold-out reported for the record.
-
-    `champion_twin`: the champion's recipe fit on the challenger's own training rows. A new recipe is then
-    compared with the champion's recipe on the same data and the whole hold-out, which the served champion,
-    fit through its own day, has partly trained on and partly outdated."""
-    unseen = holdout if champion_twin is not None else unseen_by_champion(holdout, champion)
-    if champion_twin is not None:
-        champion_model = champion_twin
-    else:
-        champion_model = registry.load_champion(champion) if champion is not None else None
-    outcome = run_gate(
+    """The challenger model against `champion`'s judged fit (its artifact verified against its checksum before
+    it scores anything) on `holdout`, with the spec's metric, slices and gate policy."""
+    return run_gate(
         challenger,
-        champion_model,
-        unseen if len(unseen) else holdout,
+        judged_model(champion, registry) if champion is not None else None,
+        holdout,
         features=ds.feature_names,
         target=ds.target.name,
         metric=ds.metric,
@@ -69,13 +56,6 @@ def judge(
         champion_is_baseline=champion is None or champion.is_baseline,
         refit_of_champion=refit_of_champion,
     )
-    if len(unseen):
-        return outcome
-    why = (
-        f"no hold-out row the champion did not train on (it trained on labels through {trained_through(champion)}): "
-        "nothing can show the challenger better"
-    )
-    return dataclasses.replace(outcome, decision=PromotionDecision(False, "rejected", why))
 
 
 def current_holdout(

@@ -11,7 +11,7 @@ import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
-from mlops_assets.defs.registry.gate import judge, trained_through
+from mlops_assets.defs.registry.gate import judge
 from mlops_assets.defs.reports import publish
 from mlops_assets.defs.resources import (
     FeatureStoreResource,
@@ -461,7 +461,6 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             and champion is not None
             and candidate_models.get("recipe_from") == champion.version
         )
-        twin = None if refit_of_champion else _champion_twin(context, frame, champion)
         if ds.task == "ranking":  # lists judged day by day on the hold-out (defs/ranking.py)
             from mlops_assets.defs import ranking
 
@@ -473,20 +472,15 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 champion,
                 registry,
                 refit_of_champion=refit_of_champion,
-                champion_twin=twin.model if twin else None,
             )
             pointer, metadata = judged.value, dict(judged.metadata)
         else:
             pointer, metadata = _tabular_evaluation(
-                context, frame, challenger, champion, lake, registry, training_dataset, refit_of_champion, twin
+                context, frame, challenger, champion, lake, registry, training_dataset, refit_of_champion
             )
         decision = pointer["decision"]
         served = _served_fit(context, frame, candidate_models, decision, registry)
-        cpu = (
-            float(candidate_models["cpu_seconds"])
-            + (served["cpu_seconds"] if served else 0.0)
-            + (twin.cpu_seconds if twin else 0.0)
-        )
+        cpu = float(candidate_models["cpu_seconds"]) + (served["cpu_seconds"] if served else 0.0)
         return dg.Output(
             {**pointer, "served": served},
             metadata={
@@ -494,10 +488,6 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "as_of": training_dataset["as_of"],
                 "retrain_kind": candidate_models.get("kind", "sweep"),
                 "refit_of_champion": refit_of_champion,
-                "compared_with_fit": f"v{champion.version}'s recipe fit on the challenger's rows "
-                f"({twin.rows} rows, {twin.cpu_seconds:.1f} CPU-s), on the whole hold-out"
-                if twin and champion
-                else "the champion as served, on the hold-out rows it did not train on",
                 # the retrain's whole cost, the served fit included: what the cost-aware policy prices
                 "cpu_seconds": round(cpu, 2),
                 "served_fit": f"recipe refit on {served['rows']} rows through {training_dataset['as_of']} "
@@ -506,21 +496,6 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 else "the judged model (not promoted, or refit_on_holdout off, or awaiting approval)",
             },
         )
-
-    def _champion_twin(context: dg.AssetExecutionContext, frame: pd.DataFrame, champion: Any) -> Fitted | None:
-        """A served champion was fit through its own day: part of this hold-out is its training data, the rest
-        it judges with days of rows the challenger stops before. A new recipe is compared with the champion's
-        recipe fit on exactly the challenger's rows instead (one fit, no search)."""
-        if champion is None or champion.is_baseline or trained_through(champion) is None:
-            return None
-        if not champion.tags.get("mlops.family"):
-            return None
-        fitted = fit_recipe_on(spec, frame, Recipe.from_tags(champion.tags), with_holdout=False)
-        context.log.info(
-            f"champion v{champion.version}'s recipe fit on the challenger's rows for the comparison: "
-            f"{fitted.rows} rows, {fitted.cpu_seconds:.1f} CPU-s"
-        )
-        return fitted
 
     def _served_fit(
         context: dg.AssetExecutionContext,
@@ -570,7 +545,6 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         registry: ModelRegistryResource,
         training_dataset: dict[str, Any],
         refit_of_champion: bool,
-        twin: Fitted | None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         ds = spec
         from mlops_assets.ml.evaluate import performance_html
@@ -585,18 +559,16 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             champion,
             registry,
             refit_of_champion=refit_of_champion,
-            champion_twin=twin.model if twin else None,
         )
         comparison, decision = outcome.comparison, outcome.decision
-        judged = f"{len(outcome.rows)} of {len(holdout)} hold-out rows"
-        context.log.info(f"gate on {judged}: {decision.status}: {decision.reason}")
+        context.log.info(f"gate: {decision.status}: {decision.reason}")
         report = publish(
             lake.lake(),
             ds.name,
             "evidently_report",
             f"evaluation_{training_dataset['as_of']}_{context.run_id[:8]}.html",
             lambda p: performance_html(
-                outcome.rows.assign(prediction=outcome.challenger_scores),
+                holdout.assign(prediction=outcome.challenger_scores),
                 target=ds.target.name,
                 prediction="prediction",
                 task=ds.task,
@@ -624,7 +596,6 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             "delta_ci": f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}]",
             "p_value": float(comparison.p_value),
             "holdout_rows": len(holdout),
-            "judged_rows": len(outcome.rows),
             "champion_version": champion.version if champion else "none",
             "slices": dg.MetadataValue.md(comparison.slices.round(4).to_markdown(index=False))
             if len(comparison.slices)
