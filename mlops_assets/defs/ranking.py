@@ -240,6 +240,22 @@ def evaluate(
     return comparison, decision, ch_days, ch_rows
 
 
+def paired_on_holdout(spec: DatasetSpec, frame: pd.DataFrame, newer: Any, older: Any) -> Any:
+    """Two recommenders on the hold-out days and users of `frame`, as the gate pairs them (a Comparison,
+    positive when `newer` is better): the freshness probe's measurement for a recommender."""
+    from mlops_assets.defs.training.assets import split_days
+    from mlops_assets.ml.promote import GatePolicy
+    from mlops_assets.ml.ranking.metrics import compare_rankings, evaluate_days
+
+    assert spec.ranking is not None
+    rows = interactions(spec, frame)
+    days = sorted(pd.to_datetime(split_days(frame, spec)["holdout"]["event_day"]).dt.date.unique())
+    a, _ = evaluate_days(newer, rows, days, spec.ranking.k)
+    b, _ = evaluate_days(older, rows, days, spec.ranking.k)
+    confidence = GatePolicy(**spec.gate.model_dump()).confidence
+    return compare_rankings(a, b, metric=spec.metric, confidence=confidence, min_slice_users=10**9)
+
+
 # --- serving and monitoring ------------------------------------------------------------------------------
 def serve_day(
     context: dg.AssetExecutionContext,

@@ -23,7 +23,6 @@ rows) are safety, not tuning, and run first; pure and on data time like the rest
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +56,8 @@ class PastRetrain:
     gain: float | None  # challenger minus champion on the gate's hold-out, oriented so that > 0 is better
     promoted: bool
     failed: bool = False
+    # a sweep's freshness probe: what its winner fit `validation_days` earlier lost on the hold-out, per day
+    freshness_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,21 @@ def typical_gain(history: Sequence[PastRetrain]) -> float:
 
 def gain_rate(history: Sequence[PastRetrain]) -> float:
     """Gain per day of the champion's age: what a fresh challenger won at the gate, divided by how long the
-    champion it was compared with had been serving. Staleness grows with age (Cara's premise)."""
+    champion it was compared with had been serving, and what a sweep's freshness probe measured (the same
+    recipe fit some days earlier, on the same hold-out). Staleness grows with age (Cara's premise); the probe
+    gives the rate from the first model on, before any refit has measured one."""
     rates = []
-    for prev, cur in itertools.pairwise(history):
-        days = (cur.day - prev.day).days
-        if cur.gain is not None and not cur.failed and days > 0:
+    champion_since: dt.date | None = None  # the day the champion a retrain was compared with was promoted
+    for cur in history:
+        if cur.failed:
+            continue
+        if cur.freshness_rate is not None:
+            rates.append(max(0.0, cur.freshness_rate))
+        days = (cur.day - champion_since).days if champion_since is not None else 0
+        if cur.gain is not None and days > 0:
             rates.append(max(0.0, cur.gain) / days)
+        if cur.promoted:
+            champion_since = cur.day
     return statistics.median(rates[-5:]) if rates else 0.0
 
 

@@ -13,6 +13,7 @@ from mlops_assets.ml.cost_policy import (
     decay_gap,
     decide_cost,
     expected_cpu,
+    gain_rate,
 )
 from mlops_assets.ml.policy import PolicyState, RetrainPolicy, Signal
 
@@ -142,3 +143,32 @@ def test_after_a_rejected_refit_only_the_decay_since_counts() -> None:
     assert not held.retrain and held.staleness_cost == 0.0
     worse = [DayGap(D0, 0.03, False), DayGap(today, 0.06, False)]
     assert decide_cost(_decay(today), _state(today), RULES, COST, history, worse, 40).retrain
+
+
+def test_a_first_models_freshness_probe_bills_staleness_before_any_decay_is_measured() -> None:
+    """Nothing has decayed surely yet and no refit has measured a gain: the sweep's probe (its winner fit some
+    days earlier lost 0.002 a day on the hold-out) is the staleness rate, so a cheap refit fires in days."""
+    first = [PastRetrain(D0, "sweep", 10.0, None, True, freshness_rate=0.002)]
+    assert gain_rate(first) == pytest.approx(0.002)
+    without = [PastRetrain(D0, "sweep", 10.0, None, True)]
+    day = D0 + dt.timedelta(days=3)
+    quiet = _days(3, 0.0)
+    assert not decide_cost(_decay(day), _state(day), RULES, COST, without, quiet, 30).retrain
+    d = decide_cost(_decay(day), _state(day), RULES, COST, first, quiet, 30)
+    # 100 x 0.002 x (1 + 2 + 3) = 1.2 of staleness against 1.5 for a refit (0.15 of a 10 CPU-s sweep): not yet
+    assert not d.retrain and d.staleness_cost == pytest.approx(1.2)
+    later = D0 + dt.timedelta(days=4)
+    d = decide_cost(_decay(later), _state(later), RULES, COST, first, _days(4, 0.0), 30)
+    assert d.retrain and d.kind == "refit" and d.trigger == "cost"
+
+
+def test_the_gain_rate_divides_by_the_age_of_the_champion_that_was_compared() -> None:
+    """A rejected retrain leaves the champion in place: the next gain was won against a champion promoted
+    before it, and is divided by that champion's age, not by the days since the rejection."""
+    history = [
+        PastRetrain(D0, "sweep", 10.0, None, True),
+        PastRetrain(D0 + dt.timedelta(days=5), "refit", 1.0, -0.001, False),
+        PastRetrain(D0 + dt.timedelta(days=10), "refit", 1.0, 0.01, True),
+    ]
+    # the rejection measured nothing gained after 5 days (0), the promotion 0.01 over 10 days (not over 5)
+    assert gain_rate(history) == pytest.approx((0.0 + 0.001) / 2)

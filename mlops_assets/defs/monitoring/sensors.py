@@ -418,6 +418,10 @@ def decide_day(
     return Evaluation(decision, day, request, json.dumps({"through": day.isoformat()}))
 
 
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and value == value else None
+
+
 def past_retrains(instance: dg.DagsterInstance, spec: DatasetSpec, limit: int = 50) -> list[PastRetrain]:
     """The finished retrains, oldest first, from the evaluation reports (kind, CPU, the gate's gain) and the
     failed runs (a retrain stopped by its CPU budget): what the cost-aware policy learns its prices from."""
@@ -439,6 +443,7 @@ def past_retrains(instance: dg.DagsterInstance, spec: DatasetSpec, limit: int = 
                 if delta is None or delta != delta or _value(rec, "against_baseline", False)
                 else float(delta),
                 promoted=bool(_value(rec, "promote", False)),
+                freshness_rate=_float_or_none(_value(rec, "freshness_gain_per_day")),
             )
         )
     failed = instance.get_run_records(

@@ -96,9 +96,14 @@ class Fitted:
     wall_seconds: float
 
 
-def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, with_holdout: bool) -> Fitted:
-    """The recipe fit on the training set's rows before the hold-out (what the gate judges), or on all of
-    them (what serves once the gate has judged the recipe), for either task."""
+# The rows a recipe is fit on, by where they stop: the validation's start (a fit `validation_days` older than
+# the judged one: the freshness probe), the hold-out's start (what the gate judges), or nowhere (what serves).
+UNTIL_VALIDATION, UNTIL_HOLDOUT, EVERY_ROW = "validation", "holdout", "all"
+
+
+def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, until: str) -> Fitted:
+    """The recipe fit on the training set's rows up to `until` (one of the three cuts above), for either
+    task."""
     from threadpoolctl import threadpool_limits
 
     from mlops_assets.ml.cost import Stopwatch
@@ -109,8 +114,12 @@ def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, wit
         from mlops_assets.ml.ranking.models import Recommender
         from mlops_assets.ml.ranking.sweep import RankingSpace
 
-        last = max(pd.to_datetime(frame["event_day"]).dt.date)
-        cutoff = day_cutoff(last) if with_holdout else pd.Timestamp(min(pd.to_datetime(parts["holdout"]["event_day"])))
+        first_day = {
+            UNTIL_VALIDATION: lambda: min(pd.to_datetime(parts["valid"]["event_day"])),
+            UNTIL_HOLDOUT: lambda: min(pd.to_datetime(parts["holdout"]["event_day"])),
+            EVERY_ROW: lambda: day_cutoff(max(pd.to_datetime(frame["event_day"]).dt.date)),
+        }
+        cutoff = pd.Timestamp(first_day[until]())
         seed = RankingSpace.from_dict(spec.search).seed
         with Stopwatch() as sw:
             model = Recommender(
@@ -124,7 +133,12 @@ def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, wit
     from mlops_assets.ml.automl import SearchSpace, fit_recipe
 
     space = SearchSpace.from_dict(spec.search)
-    rows = frame if with_holdout else pd.concat([parts["train"], parts["valid"]], ignore_index=True)
+    cuts = {
+        UNTIL_VALIDATION: lambda: parts["train"],
+        UNTIL_HOLDOUT: lambda: pd.concat([parts["train"], parts["valid"]], ignore_index=True),
+        EVERY_ROW: lambda: frame,
+    }
+    rows = cuts[until]()
     with Stopwatch() as sw, threadpool_limits(limits=max(1, space.n_jobs or 1)):
         model, n_rows = fit_recipe(
             rows,
@@ -264,7 +278,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         ds = spec
         frame = lake.lake().read_frame(training_dataset["key"], expected_sha256=training_dataset["sha256"])
         recipe = Recipe.from_tags(recipe_tags)
-        fitted = fit_recipe_on(ds, frame, recipe, with_holdout=False)
+        fitted = fit_recipe_on(ds, frame, recipe, until=UNTIL_HOLDOUT)
         try:
             check_budget(f"refit of {recipe.family}", fitted.cpu_seconds, ds.policy.cost.max_cpu_seconds)
         except CPUBudgetExceeded as exc:
@@ -479,8 +493,13 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 context, frame, challenger, champion, lake, registry, training_dataset, refit_of_champion
             )
         decision = pointer["decision"]
+        probe = _freshness_probe(context, frame, candidate_models, challenger)
         served = _served_fit(context, frame, candidate_models, decision, registry)
-        cpu = float(candidate_models["cpu_seconds"]) + (served["cpu_seconds"] if served else 0.0)
+        cpu = (
+            float(candidate_models["cpu_seconds"])
+            + (served["cpu_seconds"] if served else 0.0)
+            + (probe.pop("freshness_cpu_seconds") if probe else 0.0)
+        )
         return dg.Output(
             {**pointer, "served": served},
             metadata={
@@ -488,6 +507,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 "as_of": training_dataset["as_of"],
                 "retrain_kind": candidate_models.get("kind", "sweep"),
                 "refit_of_champion": refit_of_champion,
+                **(probe or {}),
                 # the retrain's whole cost, the served fit included: what the cost-aware policy prices
                 "cpu_seconds": round(cpu, 2),
                 "served_fit": f"recipe refit on {served['rows']} rows through {training_dataset['as_of']} "
@@ -496,6 +516,51 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 else "the judged model (not promoted, or refit_on_holdout off, or awaiting approval)",
             },
         )
+
+    def _freshness_probe(
+        context: dg.AssetExecutionContext, frame: pd.DataFrame, candidate_models: dict[str, Any], challenger: Any
+    ) -> dict[str, Any] | None:
+        """How fast this recipe goes stale here, measured at every sweep: the winner fit `validation_days`
+        earlier (on the rows before the validation) against the judged fit, on the same hold-out. The
+        cost-aware policy reads the gain per day as its staleness rate before any refit has measured one (a
+        first model has nothing else to go on), and beside the refits' gains after."""
+        ds = spec
+        if candidate_models.get("kind", "sweep") != "sweep" or ds.policy.decision != "cost":
+            return None
+        try:
+            older = fit_recipe_on(ds, frame, Recipe.from_pointer(candidate_models), until=UNTIL_VALIDATION)
+        except ValueError as exc:  # no rows before the validation in the recipe's window
+            context.log.info(f"freshness probe skipped: {exc}")
+            return None
+        if ds.task == "ranking":
+            from mlops_assets.defs.ranking import paired_on_holdout
+
+            c = paired_on_holdout(ds, frame, challenger, older.model)
+        else:
+            from mlops_assets.ml.evaluate import compare_models
+            from mlops_assets.ml.models import predict_scores
+
+            holdout = split_days(frame, ds)["holdout"]
+            X = holdout[ds.feature_names]
+            c = compare_models(
+                holdout[ds.target.name].to_numpy(),
+                predict_scores(challenger, X),
+                predict_scores(older.model, X),
+                metric=ds.metric,
+                confidence=ds.gate.confidence,
+            )
+        days = ds.training.validation_days
+        context.log.info(
+            f"freshness probe: the recipe fit {days} days earlier scores {ds.metric} {c.champion:.4f} against "
+            f"{c.challenger:.4f} on the hold-out ({c.delta:+.4f}, {c.delta / days:+.5f} a day)"
+        )
+        return {
+            "freshness_gain": float(c.delta),
+            "freshness_ci": f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+            "freshness_days": days,
+            "freshness_gain_per_day": float(c.delta) / days,
+            "freshness_cpu_seconds": older.cpu_seconds,
+        }
 
     def _served_fit(
         context: dg.AssetExecutionContext,
@@ -514,7 +579,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
 
         from mlops_assets.ml.cost import CPUBudgetExceeded, check_budget
 
-        fitted = fit_recipe_on(ds, frame, Recipe.from_pointer(candidate_models), with_holdout=True)
+        fitted = fit_recipe_on(ds, frame, Recipe.from_pointer(candidate_models), until=EVERY_ROW)
         try:
             total = float(candidate_models["cpu_seconds"]) + fitted.cpu_seconds
             check_budget("retrain with its served fit", total, ds.policy.cost.max_cpu_seconds)
