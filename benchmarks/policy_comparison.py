@@ -87,9 +87,19 @@ def run(spec_path: Path, data_dir: Path, days: int) -> None:
     )
 
 
+# What `init` writes beside a cost policy: one retrain a data day at most, no cool-down. A spec's rules-mode
+# cool-down and weekly ceiling (flights: 28 days, one a week) would overrule the prices being measured.
+COST_GUARDS = {"cooldown_days": 0, "max_per_day": 1, "max_per_week": 7}
+MAX_NEW_ROWS = 1000  # the rules' "enough new labels" is weeks of rows on flights; a day's is the cost guard
+
+
 def with_decision(spec_path: Path, decision: str, folder: Path) -> Path:
-    """A copy of the spec whose policy decides by `decision` (the shipped specs keep `rules`)."""
+    """A copy of the spec whose policy decides by `decision` (the shipped specs keep `rules`), with the
+    guards `init` writes for a cost policy when it is the cost policy."""
     raw = yaml.safe_load(spec_path.read_text())
+    if decision == "cost" and raw["policy"].get("decision", "rules") != "cost":
+        raw["policy"].update(COST_GUARDS)
+        raw["policy"]["min_new_labelled_rows"] = min(raw["policy"].get("min_new_labelled_rows", 0), MAX_NEW_ROWS)
     raw["policy"]["decision"] = decision
     out = folder / spec_path.name
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
