@@ -37,6 +37,12 @@ _HIGHER_IS_BETTER = {
     "log_loss": False,
     "rmse": False,
     "mae": False,
+    # a recommender's metrics at k (ml/ranking/metrics.py scores them): their direction is all the cost-aware
+    # policy and the comparisons need from here
+    "ndcg": True,
+    "recall": True,
+    "map": True,
+    "hit_rate": True,
 }
 
 
@@ -45,7 +51,7 @@ def higher_is_better(metric: str) -> bool:
     try:
         return _HIGHER_IS_BETTER[metric]
     except KeyError:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}") from None
+        raise ValueError(f"unknown metric {metric!r}; expected one of {tuple(_HIGHER_IS_BETTER)}") from None
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,9 @@ def test_the_gain_rate_divides_by_the_age_of_the_champion_that_was_compared() ->
     ]
     # the rejection measured nothing gained after 5 days (0), the promotion 0.01 over 10 days (not over 5)
     assert gain_rate(history) == pytest.approx((0.0 + 0.001) / 2)
+
+
+def test_a_recommenders_metrics_have_a_direction_for_the_staleness_bill() -> None:
+    """NDCG@k and its kin are better higher: a champion's NDCG below its hold-out value is decay."""
+    assert decay_gap("ndcg", 0.20, 0.15, 0.14, 0.16) == pytest.approx(0.04)
+    assert decay_gap("hit_rate", 0.50, 0.60, 0.58, 0.62) == 0.0
