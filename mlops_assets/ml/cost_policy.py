@@ -135,6 +135,15 @@ def expected_cpu(history: Sequence[PastRetrain], kind: str) -> float:
     return sweep if kind == "sweep" else sweep * REFIT_SHARE_OF_SWEEP
 
 
+def sweep_due(today: dt.date, history: Sequence[PastRetrain], cost: CostPolicy) -> bool:
+    """The last sweep is `sweep_every_days` old: a sweep runs even when staleness has not paid for one. It is
+    the policy's exploration: with no retrain, nothing new is measured, and a run of refits that gained
+    nothing on a small hold-out would otherwise silence the staleness bill for good (on MovieLens, four
+    months of one champion). The sweep re-measures the recipe and, with its freshness probe, the rate."""
+    sweeps = [r for r in history if r.kind == "sweep" and not r.failed]
+    return bool(sweeps) and (today - sweeps[-1].day).days >= cost.sweep_every_days
+
+
 def choose_kind(
     today: dt.date, history: Sequence[PastRetrain], champion_is_baseline: bool, cost: CostPolicy
 ) -> tuple[str, str]:
@@ -145,7 +154,7 @@ def choose_kind(
     if not sweeps:
         return "sweep", "no sweep on record"
     age = (today - sweeps[-1].day).days
-    if age >= cost.sweep_every_days:
+    if sweep_due(today, history, cost):
         return "sweep", f"last sweep {sweeps[-1].day} is {age} days old (sweep every {cost.sweep_every_days})"
     last = [r for r in history if not r.failed][-2:]
     if len(last) == 2 and all(r.kind == "refit" and not r.promoted for r in last):
@@ -233,6 +242,8 @@ def decide_cost(
     )
     seen = f"{stale:.1f} against {price:.1f} for a {kind} ({what}; {cpu:.1f} CPU-s)"
     trigger = "cost" if stale >= price and stale > 0 else "none"
+    if trigger == "none" and kind == "sweep" and sweep_due(today, history, cost):
+        trigger, seen = "sweep_due", f"{seen}; {why_kind}: a sweep re-measures the recipe and its staleness"
     if trigger == "none":
         return Decision(
             False,
@@ -261,6 +272,15 @@ def decide_cost(
             kind=kind,
             staleness_cost=stale,
             retrain_cost=price,
+        )
+    if trigger == "sweep_due":
+        return Decision(
+            True,
+            trigger,
+            f"sweep due: staleness cost {seen}",
+            kind=kind,
+            staleness_cost=round(stale, 2),
+            retrain_cost=round(price, 2),
         )
     return Decision(
         True,

@@ -178,3 +178,20 @@ def test_a_recommenders_metrics_have_a_direction_for_the_staleness_bill() -> Non
     """NDCG@k and its kin are better higher: a champion's NDCG below its hold-out value is decay."""
     assert decay_gap("ndcg", 0.20, 0.15, 0.14, 0.16) == pytest.approx(0.04)
     assert decay_gap("hit_rate", 0.50, 0.60, 0.58, 0.62) == 0.0
+
+
+def test_a_sweep_runs_when_due_even_if_staleness_has_not_paid_for_one() -> None:
+    """Refits that gained nothing silence the staleness bill; the periodic sweep still runs (the policy's
+    exploration), through the same storm guards, and says why."""
+    flat = [PastRetrain(D0 - dt.timedelta(days=40), "sweep", 10.0, None, True)] + [
+        PastRetrain(D0 - dt.timedelta(days=d), "refit", 1.0, -0.001, True) for d in (20, 10, 0)
+    ]
+    cost = CostPolicy(staleness_price=100.0, sweep_every_days=30)
+    day = D0 + dt.timedelta(days=1)
+    d = decide_cost(_decay(day), _state(day), RULES, cost, flat, _days(1, 0.0), 60)
+    assert d.retrain and d.trigger == "sweep_due" and d.kind == "sweep", d.reason
+    assert "last sweep 2013-01-20 is 41 days old (sweep every 30)" in d.reason
+    held = decide_cost(_decay(day), _state(day, new_rows=10), RULES, cost, flat, _days(1, 0.0), 60)
+    assert not held.retrain and "new labelled rows" in held.reason
+    young = CostPolicy(staleness_price=100.0, sweep_every_days=90)
+    assert not decide_cost(_decay(day), _state(day), RULES, young, flat, _days(1, 0.0), 60).retrain
