@@ -311,7 +311,7 @@ def cost_policy_defaults(task: str, per_day: float, n_days: int, scale: float) -
     as soon as a hold-out exists. The ceilings (one retrain a data day) and the one-day minimum of new labels
     are safety, not tuning: a weekly ceiling below seven would overrule the prices wherever retraining is
     cheap (on hotel_rates, 3 a week cost 4 % of RMSE against refitting daily for the same CPU)."""
-    unit = 0.01 if task == "classification" else 0.01 * scale
+    unit = 0.01 if task in ("classification", "ranking") else 0.01 * scale  # ROC AUC, NDCG@k: on [0, 1]
     return {
         "decision": "cost",
         "cost": {

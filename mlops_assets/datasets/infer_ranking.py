@@ -25,6 +25,7 @@ from mlops_assets.datasets.infer import (
     _relation_sql,
     _rule_type,
     _slug,
+    cost_policy_defaults,
     q,
 )
 
@@ -104,7 +105,6 @@ def infer_ranking_spec(
     per_day = max(1.0, int(n_rows) / n_days)
     # the gate and the sweep judge users, a few hundred interactions' worth each; a short file keeps most days
     eval_days = min(_clamp(math.ceil(1000 / per_day), 1, 14), max(1, n_days // 8))
-    bootstrap_days = min(2 * eval_days + 2, max(3, n_days // 2))
     ranking: dict[str, Any] = {"user": user, "item": item, "time": time, "k": 10}
     if target:
         ranking.update({"rating": target, "relevance_threshold": threshold})
@@ -134,16 +134,9 @@ def infer_ranking_spec(
             "decay_window_days": _clamp(math.ceil(1000 / per_day), 1, 28),
             "decay_min_rows": 30,
         },
-        "policy": {
-            "drift_share_threshold": 0.5,
-            "decay": True,
-            "cooldown_days": _clamp(n_days / 20, 1, 14),
-            "min_new_labelled_rows": max(20, int(per_day * 3)),
-            "max_per_day": 1,
-            "max_per_week": 1,
-            # one day past the days a split needs (train, validation and hold-out), so the first sweep can run
-            "bootstrap_min_rows": max(50, int(per_day * (bootstrap_days + 1))),
-        },
+        # the cost-aware policy, as for a tabular file: prices sized to the metric's scale (NDCG@k), everything
+        # else measured as the replay goes; the first model is tried as soon as a hold-out exists
+        "policy": cost_policy_defaults("ranking", per_day, n_days, 1.0),
         "training": {"holdout_days": eval_days, "validation_days": eval_days},
         "gate": {
             "min_delta": 0.005,

@@ -83,6 +83,9 @@ def test_init_writes_a_ranking_spec_that_validates(tmp_path: Path, capsys: pytes
     spec = load_spec(out)
     assert spec.ranking is not None and spec.ranking.relevance_threshold == 4.0 and spec.metric == "ndcg"
     assert set(spec.search["families"]) == {"popularity", "item_knn", "ease", "als"}
+    # the cost-aware policy, priced on NDCG@10's scale: 0.01 lost for a day costs one CPU-second
+    assert spec.policy.decision == "cost" and spec.policy.cost.staleness_price == 100.0
+    assert spec.policy.cooldown_days == 0 and spec.policy.max_per_week == 7
     assert main(["validate", str(out)]) == 0
     assert main(["init", str(csv), "--task", "ranking", "--time", "ts", "--user", "buyer"]) == 2
     assert "--task ranking needs --user and --item" in capsys.readouterr().err
