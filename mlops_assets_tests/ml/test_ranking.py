@@ -224,3 +224,27 @@ def test_every_family_round_trips_through_skops_with_one_trusted_type(family: st
     seen = list(rows.loc[rows["user"] == "1", "item"])
     assert recommend_for_user(back, seen, 5) == recommend_ids(model, rows, ["1"], 5)[0]
     assert isinstance(hist, sp.csr_matrix)
+
+
+def test_a_family_without_hyper_parameters_is_tried_at_every_window_and_half_life() -> None:
+    """Popularity costs a count: every window and half-life of it is tried, on top of the trials the other
+    families share, so the sweep never misses its best window by the luck of the draw."""
+    from mlops_assets.ml.ranking.sweep import RankingSpace, proposals
+
+    space = RankingSpace.from_dict(
+        {
+            "families": {"popularity": {}, "ease": {"l2": [100.0, 500.0]}, "item_knn": {"neighbours": [20, 50]}},
+            "windows": [None, 14, 30],
+            "recency_half_lives": [None, 7],
+            "trials": 4,
+            "seed": 3,
+        }
+    )
+    got = proposals(space)
+    popular = [(w, h) for fam, _, w, h in got if fam == "popularity"]
+    assert sorted(popular, key=repr) == sorted([(w, h) for w in (None, 14, 30) for h in (None, 7.0)], key=repr), (
+        "all six, each once"
+    )
+    others = [fam for fam, *_ in got if fam != "popularity"]
+    assert len(others) == 4 and set(others) == {"ease", "item_knn"}, "the trials go to the other families"
+    assert got == proposals(space), "deterministic for a seed"
