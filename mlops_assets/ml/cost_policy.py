@@ -273,19 +273,15 @@ def decide_cost(
             staleness_cost=stale,
             retrain_cost=price,
         )
-    if trigger == "sweep_due":
-        return Decision(
-            True,
-            trigger,
-            f"sweep due: staleness cost {seen}",
-            kind=kind,
-            staleness_cost=round(stale, 2),
-            retrain_cost=round(price, 2),
-        )
+    why = (
+        f"sweep due: staleness cost {seen}"
+        if trigger == "sweep_due"
+        else f"cost ({cost.variant}): staleness cost {seen}; {kind}: {why_kind}"
+    )
     return Decision(
         True,
-        "cost",
-        f"cost ({cost.variant}): staleness cost {seen}; {kind}: {why_kind}",
+        trigger,
+        why,
         kind=kind,
         staleness_cost=round(stale, 2),
         retrain_cost=round(price, 2),

@@ -83,10 +83,9 @@ def decide_promotion(
                 f"refit of the champion's recipe is worse than the champion by more than the margin "
                 f"{policy.min_delta:g} with confidence: {nums}",
             )
-        vetoed = _slice_veto(c, policy, nums)
-        if vetoed is not None:
-            return vetoed
-        return _approval(policy, "promoted", f"refit of the champion's recipe on newer rows, not worse: {nums}")
+        return _slice_veto(c, policy, nums) or _approval(
+            policy, "promoted", f"refit of the champion's recipe on newer rows, not worse: {nums}"
+        )
     if champion_is_baseline:
         if c.ci_low > 0:
             return _approval(policy, "first_model", f"first trained model beats the baseline: {nums}")
@@ -108,10 +107,7 @@ def decide_promotion(
             f"improvement not shown to reach the margin {policy.min_delta:g} with {c.confidence:.0%} confidence: "
             f"{nums}",
         )
-    vetoed = _slice_veto(c, policy, nums)
-    if vetoed is not None:
-        return vetoed
-    return _approval(policy, "promoted", f"better with confidence: {nums}")
+    return _slice_veto(c, policy, nums) or _approval(policy, "promoted", f"better with confidence: {nums}")
 
 
 def _slice_veto(c: Comparison, policy: GatePolicy, nums: str) -> PromotionDecision | None:

@@ -439,9 +439,7 @@ def past_retrains(instance: dg.DagsterInstance, spec: DatasetSpec, limit: int = 
                 day=dt.date.fromisoformat(str(as_of)),
                 kind=str(_value(rec, "retrain_kind", "sweep")),
                 cpu_seconds=float(_value(rec, "cpu_seconds", 0.0) or 0.0),
-                gain=None
-                if delta is None or delta != delta or _value(rec, "against_baseline", False)
-                else float(delta),
+                gain=None if _value(rec, "against_baseline", False) else _float_or_none(delta),
                 promoted=bool(_value(rec, "promote", False)),
                 freshness_rate=_float_or_none(_value(rec, "freshness_gain_per_day")),
             )

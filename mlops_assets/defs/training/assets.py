@@ -108,18 +108,18 @@ def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, unt
 
     from mlops_assets.ml.cost import Stopwatch
 
-    parts = split_days(frame, spec)
+    if until not in (UNTIL_VALIDATION, UNTIL_HOLDOUT, EVERY_ROW):
+        raise ValueError(f"until={until!r}: one of {UNTIL_VALIDATION!r}, {UNTIL_HOLDOUT!r}, {EVERY_ROW!r}")
+    days = pd.to_datetime(frame["event_day"]).dt.date
+    # the first event day left out (None: none is); split_days also refuses a set too short to split
+    left_out = {UNTIL_VALIDATION: "valid", UNTIL_HOLDOUT: "holdout"}.get(until)
+    cut = min(pd.to_datetime(split_days(frame, spec)[left_out]["event_day"]).dt.date) if left_out else None
     if spec.task == "ranking":
         from mlops_assets.defs.ranking import day_cutoff, interactions
         from mlops_assets.ml.ranking.models import Recommender
         from mlops_assets.ml.ranking.sweep import RankingSpace
 
-        first_day = {
-            UNTIL_VALIDATION: lambda: min(pd.to_datetime(parts["valid"]["event_day"])),
-            UNTIL_HOLDOUT: lambda: min(pd.to_datetime(parts["holdout"]["event_day"])),
-            EVERY_ROW: lambda: day_cutoff(max(pd.to_datetime(frame["event_day"]).dt.date)),
-        }
-        cutoff = pd.Timestamp(first_day[until]())
+        cutoff = pd.Timestamp(cut) if cut is not None else day_cutoff(max(days))
         seed = RankingSpace.from_dict(spec.search).seed
         with Stopwatch() as sw:
             model = Recommender(
@@ -133,12 +133,7 @@ def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, unt
     from mlops_assets.ml.automl import SearchSpace, fit_recipe
 
     space = SearchSpace.from_dict(spec.search)
-    cuts = {
-        UNTIL_VALIDATION: lambda: parts["train"],
-        UNTIL_HOLDOUT: lambda: pd.concat([parts["train"], parts["valid"]], ignore_index=True),
-        EVERY_ROW: lambda: frame,
-    }
-    rows = cuts[until]()
+    rows = frame if cut is None else frame[days < cut].reset_index(drop=True)
     with Stopwatch() as sw, threadpool_limits(limits=max(1, space.n_jobs or 1)):
         model, n_rows = fit_recipe(
             rows,
@@ -494,12 +489,9 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             )
         decision = pointer["decision"]
         probe = _freshness_probe(context, frame, candidate_models, challenger)
+        probe_cpu = probe.pop("freshness_cpu_seconds") if probe else 0.0  # counted in cpu_seconds below
         served = _served_fit(context, frame, candidate_models, decision, registry)
-        cpu = (
-            float(candidate_models["cpu_seconds"])
-            + (served["cpu_seconds"] if served else 0.0)
-            + (probe.pop("freshness_cpu_seconds") if probe else 0.0)
-        )
+        cpu = float(candidate_models["cpu_seconds"]) + (served["cpu_seconds"] if served else 0.0) + probe_cpu
         return dg.Output(
             {**pointer, "served": served},
             metadata={
