@@ -27,6 +27,7 @@ from mlops_assets.defs.registry.assets import code_version
 from mlops_assets.defs.registry.gate import judge, judged_model
 from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
 from mlops_assets.defs.training.assets import split_days
+from mlops_assets.ml.automl import SearchSpace, window_rows
 from mlops_assets.replay import QUIET
 from mlops_assets.storage.lake import frame_to_parquet, sha256
 from mlops_assets.storage.models import ArtifactIntegrityError, artifact_digest, load_verified
@@ -253,5 +254,11 @@ def test_the_promoted_recipe_serves_refit_on_every_row_and_the_judged_fit_is_kep
     # every training row arrived by as_of, the hold-out's included, is what the served fit saw
     spec = load_spec(world.settings.spec_path)
     frame = store_for(world.settings, spec).training_frame(TRAIN_AS_OF)
-    assert run.data.metrics["served_fit_rows"] <= len(frame)
+    space = SearchSpace.from_dict(spec.search)
+    window = tags["mlops.window_days"]
+    days = int(float(window)) if window not in ("None", "") else None
+    expected = window_rows(frame, "event_time", days, space.max_rows, space.seed)
+    assert run.data.metrics["served_fit_rows"] == len(expected), "the recipe's window of every row, not the judged rows"
+    judged = split_days(frame, spec)
+    assert len(expected) > len(window_rows(judged["train"], "event_time", None)), "more rows than the train split"
     assert float(tags["mlops.cpu_seconds"]) >= run.data.metrics.get("served_fit_cpu_seconds", 0.0)
