@@ -578,7 +578,10 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         except CPUBudgetExceeded as exc:
             raise _budget_failure(exc, str(candidate_models.get("kind", "sweep"))) from exc
         mlflow_lib.set_tracking_uri(registry.tracking_uri)
-        with mlflow_lib.start_run(run_id=candidate_models["run_id"]):
+        # The run's own experiment, said explicitly: a worker process shared by datasets (Celery, production)
+        # may hold another dataset's experiment as MLflow's active one, and reopening a run under it is refused.
+        experiment_id = registry.client.get_run(candidate_models["run_id"]).info.experiment_id
+        with mlflow_lib.start_run(run_id=candidate_models["run_id"], experiment_id=experiment_id):
             info = log_fitted(ds, fitted.model, "served_model", frame)
             mlflow_lib.log_metrics({"served_fit_cpu_seconds": fitted.cpu_seconds, "served_fit_rows": fitted.rows})
         sha = artifact_digest(info.model_uri, registry.tracking_uri)
