@@ -9,8 +9,8 @@ RECBOLE := recbole==1.2.1
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 HOST ?= 127.0.0.1
 # Two test processes (pytest-xdist), a file at a time: half the suite is waiting on daemons, ticks and subprocesses,
-# and on 2 cores the whole suite takes ~10 min instead of ~20 serially.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# and on 2 cores the whole suite takes ~10 min instead of ~20 serially. The slowest tests are listed at the end.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: install demo test ui mlflow-ui lint typecheck bench lock clean-data
 

@@ -73,8 +73,8 @@ def bandage(
     rows = interactions(spec, store.training_frame(as_of))
     model = fit_bandage(rows, day_cutoff(as_of))
     mlflow.set_tracking_uri(registry.tracking_uri)
-    mlflow.set_experiment(experiment_id=ensure_experiment(registry.tracking_uri, spec.name, registry.artifact_root))
-    with mlflow.start_run(run_name="bandage") as run:
+    experiment_id = ensure_experiment(registry.tracking_uri, spec.name, registry.artifact_root)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="bandage") as run:
         info = log_recommender(model, name="model")
         mlflow.log_params({"family": model.family, **model.params, "as_of": as_of.isoformat()})
         mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})

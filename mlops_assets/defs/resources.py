@@ -371,6 +371,22 @@ class MlflowTrackingResource(dg.ConfigurableResource):
             yield active
 
 
+@contextmanager
+def reopened_run(tracking_uri: str, run_id: str) -> Iterator[Any]:
+    """An MLflow run opened again to log more to it, in whatever experiment the process last used.
+
+    MLflow refuses to reopen a run when its process-wide active experiment is another one, whatever
+    `experiment_id` says; a worker process that serves several datasets (Celery in production) holds the last
+    one it touched. Setting the run's own experiment first is the one way MLflow accepts."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = mlflow_client(tracking_uri).get_run(run_id).info.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_id=run_id) as active:
+        yield active
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     """One place that decides what each resource is for the profile in force. No resource belongs to a
     dataset: every dataset of the deployment shares them, and passes its spec where it matters."""

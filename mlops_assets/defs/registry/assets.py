@@ -186,8 +186,8 @@ def build_registry(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
 
             mlflow.set_tracking_uri(registry.tracking_uri)
             exp_root = registry.artifact_root
-            mlflow.set_experiment(experiment_id=ensure_experiment(registry.tracking_uri, ds.name, exp_root))
-            with mlflow.start_run(run_name="baseline") as run:
+            experiment_id = ensure_experiment(registry.tracking_uri, ds.name, exp_root)
+            with mlflow.start_run(experiment_id=experiment_id, run_name="baseline") as run:
                 info = log_model(model, name="model", input_example=X.head(2))
                 mlflow.set_tags({"mlops.role": "baseline", "dagster_run_id": context.run_id})
             sha = artifact_digest(info.model_uri, registry.tracking_uri)

@@ -18,6 +18,7 @@ from mlops_assets.defs.resources import (
     LakeResource,
     MlflowTrackingResource,
     ModelRegistryResource,
+    reopened_run,
 )
 from mlops_assets.storage.models import artifact_digest, load_verified
 
@@ -577,11 +578,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
             check_budget("retrain with its served fit", total, ds.policy.cost.max_cpu_seconds)
         except CPUBudgetExceeded as exc:
             raise _budget_failure(exc, str(candidate_models.get("kind", "sweep"))) from exc
-        mlflow_lib.set_tracking_uri(registry.tracking_uri)
-        # The run's own experiment, said explicitly: a worker process shared by datasets (Celery, production)
-        # may hold another dataset's experiment as MLflow's active one, and reopening a run under it is refused.
-        experiment_id = registry.client.get_run(candidate_models["run_id"]).info.experiment_id
-        with mlflow_lib.start_run(run_id=candidate_models["run_id"], experiment_id=experiment_id):
+        with reopened_run(registry.tracking_uri, candidate_models["run_id"]):
             info = log_fitted(ds, fitted.model, "served_model", frame)
             mlflow_lib.log_metrics({"served_fit_cpu_seconds": fitted.cpu_seconds, "served_fit_rows": fitted.rows})
         sha = artifact_digest(info.model_uri, registry.tracking_uri)
