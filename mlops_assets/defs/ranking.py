@@ -16,7 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from mlops_assets.config import DatasetSpec
-from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource
+from mlops_assets.defs.resources import ChampionInfo, ModelRegistryResource, nested_run
 from mlops_assets.ml.ranking.metrics import DAY, RELEVANT
 from mlops_assets.ml.ranking.models import ITEM, TIME, USER
 from mlops_assets.storage.feature_sql import FeatureStoreApi
@@ -124,7 +124,7 @@ def sweep(
     )
 
     def on_trial(t: TrialResult) -> None:
-        with mlflow_lib.start_run(run_name=f"trial-{t.number:02d}-{t.family}", nested=True):
+        with nested_run(f"trial-{t.number:02d}-{t.family}"):
             mlflow_lib.log_params(
                 {
                     "family": t.family,

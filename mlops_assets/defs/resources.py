@@ -372,6 +372,19 @@ class MlflowTrackingResource(dg.ConfigurableResource):
 
 
 @contextmanager
+def nested_run(run_name: str) -> Iterator[Any]:
+    """A child of the active MLflow run, in the parent's experiment. MLflow puts a new run, nested or not, in
+    the process's active experiment (the default one when none was set), not in its parent's."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError(f"nested run {run_name!r} opened with no MLflow run active")
+    with mlflow.start_run(run_name=run_name, nested=True, experiment_id=parent.info.experiment_id) as child:
+        yield child
+
+
+@contextmanager
 def reopened_run(tracking_uri: str, run_id: str) -> Iterator[Any]:
     """An MLflow run opened again to log more to it, in whatever experiment the process last used.
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlops_assets.defs.resources import ensure_experiment, mlflow_client, reopened_run
+from mlops_assets.defs.resources import ensure_experiment, mlflow_client, nested_run, reopened_run
 
 
 def test_a_run_reopens_while_another_datasets_experiment_is_active(tmp_path: Path) -> None:
@@ -32,3 +32,24 @@ def test_a_run_reopens_while_another_datasets_experiment_is_active(tmp_path: Pat
     logged = mlflow_client(uri).get_run(run.info.run_id)
     assert logged.info.experiment_id == a
     assert logged.data.metrics == {"first": 1.0, "second": 2.0}
+
+
+def test_a_trial_lands_in_its_sweeps_experiment_whatever_experiment_is_active(tmp_path: Path) -> None:
+    """MLflow files a nested run under the process's active experiment, not its parent's: with none set, or
+    another dataset's, a sweep's trials would leave its experiment."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    art = str(tmp_path / "art")
+    mlflow.set_tracking_uri(uri)
+    a, b = ensure_experiment(uri, "a", art), ensure_experiment(uri, "b", art)
+    mlflow.set_experiment(experiment_id=b)
+    try:
+        with mlflow.start_run(experiment_id=a) as sweep, nested_run("trial-00") as trial:
+            mlflow.log_metric("auc", 0.7)
+    finally:
+        mlflow.set_experiment(experiment_id=a)
+    child = mlflow_client(uri).get_run(trial.info.run_id)
+    assert child.info.experiment_id == a
+    assert child.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    assert child.data.metrics == {"auc": 0.7}
+    with pytest.raises(RuntimeError, match="no MLflow run active"), nested_run("orphan"):
+        pass

@@ -18,6 +18,7 @@ from mlops_assets.defs.resources import (
     LakeResource,
     MlflowTrackingResource,
     ModelRegistryResource,
+    nested_run,
     reopened_run,
 )
 from mlops_assets.storage.models import artifact_digest, load_verified
@@ -359,7 +360,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
 
         def on_trial(t: TrialResult) -> None:
             spent[0] += t.cpu_seconds
-            with mlflow_lib.start_run(run_name=f"trial-{t.number:02d}-{t.family}", nested=True):
+            with nested_run(f"trial-{t.number:02d}-{t.family}"):
                 mlflow_lib.log_params(
                     {
                         "family": t.family,
