@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.events import DagsterEventType
 from dagster._core.test_utils import create_run_for_test
 
 from mlops_assets.config import PROJECT_ROOT
@@ -82,3 +83,46 @@ def test_runs_and_materializations_read_back_with_dagsters_own_storage(home: Pat
         records = plain.fetch_materializations(dg.AssetKey("daily"), limit=10).records
         assert sorted(r.partition_key for r in records) == ["2024-01-01", "2024-01-02"]
         assert records[0].asset_materialization.metadata["rows"].value == 3  # type: ignore[union-attr]
+
+
+def test_new_run_shards_are_copies_of_an_empty_one_and_hold_only_their_own_events(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its first run a process copies an empty shard instead of creating the schema again; a shard it
+    only read (an earlier run, as the UI does) is never what it copies."""
+    parts = dg.DailyPartitionsDefinition(start_date="2024-01-01")
+
+    @dg.asset(partitions_def=parts)
+    def daily() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"rows": 3})
+
+    def own_events_only(instance: dg.DagsterInstance, run_id: str) -> None:
+        logs = instance.all_logs(run_id)
+        assert logs and {e.run_id for e in logs} == {run_id}
+        assert any(e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_SUCCESS for e in logs)
+
+    days = ("2024-01-01", "2024-01-02", "2024-01-03")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        first = dg.materialize([daily], instance=instance, partition_key=days[0]).run_id
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, PooledSqliteEventLogStorage)
+        own_events_only(instance, first)  # read first: an old shard with events, never a template
+        assert storage._shard_template is None
+        created: list[str] = []
+        initdb = storage._initdb
+        monkeypatch.setattr(
+            storage, "_initdb", lambda engine, **kw: (created.append(str(engine.url)), initdb(engine, **kw))
+        )
+        later = [dg.materialize([daily], instance=instance, partition_key=d).run_id for d in days[1:]]
+        shards = [url for url in created if not url.endswith("/index.db")]
+        assert len(shards) == 1 and later[0] in shards[0]  # the third run's shard was copied, not created
+        assert storage._shard_template is not None  # made from the second run's fresh shard, used by the third
+        for run_id in (first, *later):
+            own_events_only(instance, run_id)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(home)) as plain:  # Dagster's own storage reads the copied shards
+        for run_id in (first, *later):
+            own_events_only(plain, run_id)
+        records = plain.fetch_materializations(dg.AssetKey("daily"), limit=10).records
+        assert sorted(r.partition_key for r in records) == list(days)
