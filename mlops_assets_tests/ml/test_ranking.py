@@ -248,3 +248,26 @@ def test_a_family_without_hyper_parameters_is_tried_at_every_window_and_half_lif
     others = [fam for fam, *_ in got if fam != "popularity"]
     assert len(others) == 4 and set(others) == {"ease", "item_knn"}, "the trials go to the other families"
     assert got == proposals(space), "deterministic for a seed"
+
+
+def test_a_blend_adds_recent_popularity_to_each_users_normalised_collaborative_scores() -> None:
+    """score = collaborative score / the user's best + blend x (recent share / the top recent share); a user
+    with no history gets the recent shares; blend 0 is the plain model; the blend survives skops."""
+    rows = _interactions(4)
+    cutoff = pd.Timestamp("2024-01-11")
+    plain = Recommender("ease", {"l2": 10.0}).fit(rows, cutoff)
+    blended = Recommender("ease", {"l2": 10.0, "blend": 2.0, "blend_window": 3}).fit(rows, cutoff)
+    assert np.allclose(blended.weights, plain.weights)
+    recent = rows[rows["event_time"] >= cutoff - pd.Timedelta(days=3)]["item"].value_counts()
+    share = recent.reindex(blended.item_ids, fill_value=0).to_numpy() / recent.sum()
+    assert np.allclose(blended.prior, share)
+    users = sorted(rows["user"].unique())[:5]
+    hist = history_matrix(plain, rows, users)
+    base = plain.scores(hist) - 1e-6 * plain.popularity / plain.popularity.max()  # without the tie-break
+    norm = base / base.max(axis=1, keepdims=True) + 2.0 * share / share.max()
+    assert np.allclose(blended.scores(hist), norm + 1e-6 * share / share.max(), atol=1e-5)
+    top = recommend_ids(blended, rows.iloc[0:0], ["someone new"], 3)[0]
+    assert [recent.get(i, 0) for i in top] == sorted(recent, reverse=True)[:3]
+    assert Recommender("ease", {"l2": 10.0, "blend": 0.0}).fit(rows, cutoff).prior.size == 0
+    back = skops.io.loads(skops.io.dumps(blended), trusted=SKOPS_TRUSTED_TYPES)
+    assert np.allclose(back.scores(hist), blended.scores(hist))
