@@ -30,9 +30,6 @@ from mlops_assets.datasets.infer import (
 )
 
 STAR_SCALE_MAX_VALUES = 10  # a rating with this many values or fewer is a scale of stars
-# Recent popularity blended into the collaborative families (ml/ranking/models.py `_fit_prior`), searched
-# from none to strong: on a split by time what is in fashion now is often the best single signal.
-BLEND: dict[str, Any] = {"blend": [0.0, 1.0, 2.0, 4.0], "blend_window": [14, 30]}
 
 
 def infer_ranking_spec(
@@ -113,11 +110,11 @@ def infer_ranking_spec(
         ranking.update({"rating": target, "relevance_threshold": threshold})
     families: dict[str, Any] = {
         "popularity": {},
-        "item_knn": {"neighbours": [20, 50, 100], **BLEND},
+        "item_knn": {"neighbours": [20, 50, 100]},
         "als": {"factors": [16, 32], "regularization": {"low": 0.01, "high": 1.0, "log": True}, "iterations": [8]},
     }
     if n_items <= 20_000:  # EASE keeps an item x item matrix
-        families["ease"] = {"l2": {"low": 50.0, "high": 2000.0, "log": True}, **BLEND}
+        families["ease"] = {"l2": {"low": 50.0, "high": 2000.0, "log": True}}
     return {
         "name": _slug(name or path.name.split(".")[0]),
         "description": f"Inferred by `mlops-assets init --task ranking` from {path.name}: {n_rows} interactions "
