@@ -139,3 +139,48 @@ def test_the_manifest_is_plain_json_and_a_write_by_another_process_is_seen(tmp_p
     path.write_text(json.dumps(doc))
     again = SourceManifest(spec, LocalBackend(lake))
     assert name not in again.entries and len(again.entries) == 39
+
+
+def test_a_small_file_is_scanned_once_per_process_and_answers_every_day_as_a_scan_of_that_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file holding every day (a whole-history export): each day used to stream it whole. The day index
+    gives each day the same rows in the same order, the same rows of no day, cut line and file record."""
+    import pandas as pd
+
+    from mlops_assets.datasets import sources
+
+    history = "".join(rows(d, 7) for d in DAYS[:12])
+    outside = "early,2023-06-01 00:00:00,1.5,k0,1\n"  # before the dataset's days: a row of no day
+    malformed = "short,2024-01-03 01:00:00\n"
+    text = HEADER + history + outside + malformed + rows(DAYS[12], 3)
+    path = tmp_path / "history.csv"
+    path.write_text(text[:-9])  # the export stopped mid-row
+    raw = copy.deepcopy(TOY_SPEC)
+    raw["source"] = {"kind": "file", "path": str(path)}
+    raw["replay"] = {"start": DAYS[0].isoformat(), "end": DAYS[-1].isoformat()}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_spec(tmp_path / "s.yaml")
+    scans: list[dt.date | None] = []
+    real_scan = sources.scan_file
+
+    def counted(*args: object, **kwargs: object) -> sources.FileScan:
+        scans.append(args[2])  # type: ignore[arg-type]
+        return real_scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    for day in [*DAYS[:14], DAYS[2]]:
+        expected = real_scan(spec, path, day)
+        monkeypatch.setattr(sources, "scan_file", counted)
+        got = sources._scan_or_problem(spec, path, day)
+        monkeypatch.setattr(sources, "scan_file", real_scan)
+        assert len(got.rows) == len(expected.rows)
+        pd.testing.assert_frame_equal(got.rows, expected.rows)
+        pd.testing.assert_frame_equal(got.orphans, expected.orphans)
+        pd.testing.assert_frame_equal(got.cut, expected.cut)
+        assert got.info == expected.info
+    assert scans == [None]  # one scan of the whole file for fifteen days
+    assert len(got.orphans) == 2 and "ends mid-row" in (got.info.problem or "")
+    path.write_text(HEADER + rows(DAYS[0], 2))  # changed: scanned again
+    monkeypatch.setattr(sources, "scan_file", counted)
+    assert len(sources._scan_or_problem(spec, path, DAYS[0]).rows) == 2
+    assert scans == [None, None]
