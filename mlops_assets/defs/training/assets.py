@@ -11,6 +11,7 @@ import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
+from mlops_assets.defs.monitoring.assets import report_day
 from mlops_assets.defs.registry.gate import judge
 from mlops_assets.defs.reports import publish
 from mlops_assets.defs.resources import (
@@ -620,19 +621,26 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         )
         comparison, decision = outcome.comparison, outcome.decision
         context.log.info(f"gate: {decision.status}: {decision.reason}")
-        report = publish(
-            lake.lake(),
-            ds.name,
-            "evidently_report",
-            f"evaluation_{training_dataset['as_of']}_{context.run_id[:8]}.html",
-            lambda p: performance_html(
-                holdout.assign(prediction=outcome.challenger_scores),
-                target=ds.target.name,
-                prediction="prediction",
-                task=ds.task,
-                path=p,
-            ),
-        )
+        as_of = dt.date.fromisoformat(str(training_dataset["as_of"]))
+        report: dict[str, Any]
+        if refit_of_champion and decision.promote and not report_day(ds, as_of):
+            # A routine refit the gate let through may run every other day: its HTML follows the monitoring
+            # cadence (the gate's figures are in the metadata either way). Sweeps and refused refits get one.
+            report = {"evidently_report": "a refit the gate passed: its HTML report on the monitoring cadence"}
+        else:
+            report = publish(
+                lake.lake(),
+                ds.name,
+                "evidently_report",
+                f"evaluation_{training_dataset['as_of']}_{context.run_id[:8]}.html",
+                lambda p: performance_html(
+                    holdout.assign(prediction=outcome.challenger_scores),
+                    target=ds.target.name,
+                    prediction="prediction",
+                    task=ds.task,
+                    path=p,
+                ),
+            )
         summary = comparison.to_dict()
         summary.pop("slices", None)
         pointer = {

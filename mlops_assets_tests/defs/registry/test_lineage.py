@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlops_assets.cli import main as cli_main
 from mlops_assets.config import PROJECT_ROOT, Settings, load_spec
 from mlops_assets.definitions import build_defs
+from mlops_assets.defs.monitoring.assets import report_day
 from mlops_assets.defs.monitoring.sensors import TAG_KIND, TAG_REASON, training_run_config
 from mlops_assets.defs.registry.assets import code_version
 from mlops_assets.defs.registry.gate import judge, judged_model
@@ -218,6 +219,10 @@ def test_a_refit_reuses_the_champion_recipe_through_the_same_gate_and_registry(w
     # Judged as a refit of the champion's own recipe: it must only not be worse.
     md = {k: v.value for k, v in res.asset_materializations_for_node(job("evaluation_report"))[0].metadata.items()}
     assert md["refit_of_champion"] is True
+    # a refit the gate passes gets its HTML on the monitoring cadence; any other evaluation gets one every time
+    routine = md["promote"] and not report_day(load_spec(world.settings.spec_path), LATER_DAYS[-1])
+    assert ("monitoring cadence" in str(md["evidently_report"])) == routine
+    assert ("evidently_report_uri" in md) != routine
 
 
 def test_the_gate_compares_with_the_champions_judged_fit_not_its_served_one(world: World) -> None:
