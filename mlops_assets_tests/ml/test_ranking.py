@@ -271,3 +271,38 @@ def test_a_blend_adds_recent_popularity_to_each_users_normalised_collaborative_s
     assert Recommender("ease", {"l2": 10.0, "blend": 0.0}).fit(rows, cutoff).prior.size == 0
     back = skops.io.loads(skops.io.dumps(blended), trusted=SKOPS_TRUSTED_TYPES)
     assert np.allclose(back.scores(hist), blended.scores(hist))
+
+
+def test_the_sweep_tries_blends_on_its_best_collaborative_trial_after_the_same_drawn_trials() -> None:
+    """`search.blends`: the drawn trials are those of the same space without blends; then the best
+    collaborative trial is scored again with each weight and window, its fit reused, and a blend that wins
+    validation is refit like any other winner."""
+    from mlops_assets.ml.ranking.sweep import RankingSpace, run_ranking_sweep
+
+    rows = _interactions(5, users=60, items=30, n=900)
+    days = sorted(rows["event_day"].unique())
+    raw = {"families": {"popularity": {}, "item_knn": {"neighbours": [5, 10]}}, "trials": 2, "seed": 1}
+    kw = {"valid_days": days[-4:-2], "holdout_start": days[-2], "k": 5, "metric": "ndcg"}
+    plain = run_ranking_sweep(rows, space=RankingSpace.from_dict(raw), **kw)  # type: ignore[arg-type]
+    space = RankingSpace.from_dict({**raw, "blends": [1.0, 4.0], "blend_windows": [3]})
+    blended = run_ranking_sweep(rows, space=space, **kw)  # type: ignore[arg-type]
+    n = len(plain.trials)
+    assert [(t.family, t.params, t.score) for t in blended.trials[:n]] == [
+        (t.family, t.params, t.score) for t in plain.trials
+    ]
+    extra = blended.trials[n:]
+    best_knn = max((t for t in plain.trials if t.family == "item_knn"), key=lambda t: t.score or 0.0)
+    assert [(t.family, t.params) for t in extra] == [
+        ("item_knn", {**best_knn.params, "blend": w, "blend_window": 3}) for w in (1.0, 4.0)
+    ]
+    # the reused fit scores exactly as a model fit with the blend from the start
+    cut = pd.Timestamp(days[-4])
+    base = Recommender("item_knn", best_knn.params).fit(rows, cut)
+    fresh = Recommender("item_knn", {**best_knn.params, "blend": 4.0, "blend_window": 3}).fit(rows, cut)
+    hist = history_matrix(base, rows, sorted(rows["user"].unique())[:8])
+    assert np.allclose(base.blended(rows, 4.0, 3).scores(hist), fresh.scores(hist))
+    assert blended.best.number == max(
+        (t for t in blended.trials if t.score is not None), key=lambda t: (t.score, -t.number)
+    ).number
+    with pytest.raises(ValueError, match="search.blends"):
+        RankingSpace.from_dict({**raw, "blends": [0.0]})

@@ -104,6 +104,22 @@ class Recommender:
         getattr(self, f"_fit_{self.family}")(X)
         return self
 
+    def blended(self, interactions: pd.DataFrame, blend: float, blend_window: int) -> Recommender:
+        """This fitted model with recent popularity blended in: the same collaborative state (a blend changes
+        the scoring, not the fit), the prior taken at the model's own cut-off."""
+        twin = Recommender(
+            self.family,
+            {**self.params, "blend": float(blend), "blend_window": int(blend_window)},
+            window_days=self.window_days,
+            half_life_days=self.half_life_days,
+            seed=self.seed,
+        )
+        for name in ("item_ids", "popularity", "n_train", "cutoff", "neighbour_idx", "neighbour_sim"):
+            setattr(twin, name, getattr(self, name))
+        twin.weights, twin.item_factors = self.weights, self.item_factors
+        twin._fit_prior(interactions, pd.Timestamp(self.cutoff))
+        return twin
+
     def _fit_prior(self, interactions: pd.DataFrame, cutoff: pd.Timestamp) -> None:
         """What the catalogue's items drew in the last `blend_window` days, as shares. On a split by time a
         collaborative model knows what a user liked and recent popularity knows what is in fashion now

@@ -23,7 +23,19 @@ from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.ranking.metrics import evaluate_days, metric_column
 from mlops_assets.ml.ranking.models import FAMILIES, Recommender
 
-SEARCH_KEYS = {"families", "windows", "recency_half_lives", "trials", "seconds", "seed", "n_jobs", "max_rows"}
+SEARCH_KEYS = {
+    "families",
+    "windows",
+    "recency_half_lives",
+    "trials",
+    "seconds",
+    "seed",
+    "n_jobs",
+    "max_rows",
+    "blends",
+    "blend_windows",
+}
+COLLABORATIVE = ("item_knn", "ease", "als")  # the families a blend of recent popularity applies to
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,9 @@ class RankingSpace:
     trials: int = 8
     seconds: float = 120.0
     seed: int = 0
+    # weights of recent popularity tried on the best collaborative trial, over each window (days); none: no blend
+    blends: tuple[float, ...] = ()
+    blend_windows: tuple[int, ...] = (30,)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RankingSpace:
@@ -52,6 +67,10 @@ class RankingSpace:
                 if isinstance(dom, dict) and {"low", "high"} <= set(dom) and dom["low"] <= dom["high"]:
                     continue
                 raise ValueError(f"search.families.{fam}.{name}: a non-empty list or {{low, high, log}}, got {dom!r}")
+        blends = tuple(float(b) for b in d.get("blends") or [])
+        windows = tuple(int(w) for w in d.get("blend_windows") or [30])
+        if any(b <= 0 for b in blends) or any(w < 1 for w in windows):
+            raise ValueError(f"search.blends must be > 0 and search.blend_windows >= 1 day, got {blends}, {windows}")
         return cls(
             families={k: dict(v or {}) for k, v in families.items()},
             windows=tuple(d.get("windows") or [None]),
@@ -59,6 +78,8 @@ class RankingSpace:
             trials=int(d.get("trials", 8)),
             seconds=float(d.get("seconds", 120.0)),
             seed=int(d.get("seed", 0)),
+            blends=blends,
+            blend_windows=windows,
         )
 
 
@@ -167,36 +188,63 @@ def run_ranking_sweep(
     valid_start = pd.Timestamp(min(valid_days))
     t0 = time.perf_counter()
     trials: list[TrialResult] = []
+    best_cf: tuple[float, Recommender] | None = None  # the best collaborative trial, for the blends
+
+    def trial(number: int, make: Callable[[], Recommender], fam: str, params: dict[str, Any], w: Any, h: Any) -> None:
+        nonlocal best_cf
+        with Stopwatch() as sw:
+            model: Recommender | None
+            try:
+                model = make()
+                rows, _ = evaluate_days(model, interactions, valid_days, k)
+                value, state, err = mean_metric(rows, metric), "complete", None
+                if not np.isfinite(value):
+                    state, err = "failed", "no judged user on the validation days"
+            except (ValueError, np.linalg.LinAlgError, MemoryError) as exc:
+                value, state, err, model = float("nan"), "failed", f"{exc}\n{traceback.format_exc()}", None
+        t = TrialResult(
+            number,
+            fam,
+            params,
+            w,
+            h,
+            value if np.isfinite(value) else None,
+            state,
+            sw.wall_seconds,
+            sw.cpu_seconds,
+            model.n_train if model is not None else 0,
+            err,
+        )
+        trials.append(t)
+        collaborative = fam in COLLABORATIVE and "blend" not in params
+        if model is not None and state == "complete" and collaborative and (best_cf is None or value > best_cf[0]):
+            best_cf = (value, model)
+        if on_trial:
+            on_trial(t)
+
     with Stopwatch() as total:
         for number, (fam, params, w, h) in enumerate(proposals(space)):
             if time.perf_counter() - t0 > space.seconds and trials:
                 break
-            with Stopwatch() as sw:
-                try:
-                    model = Recommender(fam, params, window_days=w, half_life_days=h, seed=space.seed)
-                    model.fit(interactions, valid_start)
-                    rows, _ = evaluate_days(model, interactions, valid_days, k)
-                    value, state, err = mean_metric(rows, metric), "complete", None
-                    if not np.isfinite(value):
-                        state, err = "failed", "no judged user on the validation days"
-                except (ValueError, np.linalg.LinAlgError, MemoryError) as exc:
-                    value, state, err, model = float("nan"), "failed", f"{exc}\n{traceback.format_exc()}", None
-            t = TrialResult(
-                number,
-                fam,
-                params,
-                w,
-                h,
-                value if np.isfinite(value) else None,
-                state,
-                sw.wall_seconds,
-                sw.cpu_seconds,
-                model.n_train if model is not None else 0,
-                err,
-            )
-            trials.append(t)
-            if on_trial:
-                on_trial(t)
+
+            def fitted(fam: str = fam, params: dict[str, Any] = params, w: Any = w, h: Any = h) -> Recommender:
+                return Recommender(fam, params, window_days=w, half_life_days=h, seed=space.seed).fit(
+                    interactions, valid_start
+                )
+
+            trial(number, fitted, fam, params, w, h)
+        # Recent popularity blended into the best collaborative trial: the same fit scored again, so each blend
+        # costs an evaluation, not a fit (on MovieLens a blend beat both its parts: benchmarks/ranking_families.py).
+        base = best_cf[1] if best_cf is not None else None
+        for weight in space.blends if base is not None else ():
+            for days in space.blend_windows:
+                assert base is not None
+
+                def blended(b: Recommender = base, x: float = weight, d: int = days) -> Recommender:
+                    return b.blended(interactions, x, d)
+
+                params = {**base.params, "blend": weight, "blend_window": days}
+                trial(len(trials), blended, base.family, params, base.window_days, base.half_life_days)
         done = [t for t in trials if t.state == "complete" and t.score is not None]
         if not done:
             raise RuntimeError(f"every ranking trial failed: {[t.error for t in trials][:2]}")
