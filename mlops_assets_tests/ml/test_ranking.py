@@ -301,8 +301,9 @@ def test_the_sweep_tries_blends_on_its_best_collaborative_trial_after_the_same_d
     fresh = Recommender("item_knn", {**best_knn.params, "blend": 4.0, "blend_window": 3}).fit(rows, cut)
     hist = history_matrix(base, rows, sorted(rows["user"].unique())[:8])
     assert np.allclose(base.blended(rows, 4.0, 3).scores(hist), fresh.scores(hist))
-    assert blended.best.number == max(
-        (t for t in blended.trials if t.score is not None), key=lambda t: (t.score, -t.number)
-    ).number
-    with pytest.raises(ValueError, match="search.blends"):
+    assert (
+        blended.best.number
+        == max((t for t in blended.trials if t.score is not None), key=lambda t: (t.score, -t.number)).number
+    )
+    with pytest.raises(ValueError, match=r"search\.blends"):
         RankingSpace.from_dict({**raw, "blends": [0.0]})
