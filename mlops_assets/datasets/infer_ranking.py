@@ -152,8 +152,5 @@ def infer_ranking_spec(
             "windows": [None, 30],
             "recency_half_lives": [None, 14],
             "families": families,
-            # recent popularity blended into the best collaborative trial, scored without a new fit
-            "blends": [1.0, 2.0, 4.0],
-            "blend_windows": [30],
         },
     }
