@@ -44,6 +44,10 @@ MIN_RUNG_ROWS = 2000
 ETA = 3  # successive halving: the best third of the rung scores go on to a full fit
 BRACKET = 2 * ETA  # configurations proposed together; TPE learns between brackets
 ASKS_PER_TRIAL = 5  # TPE re-proposing known configurations of a small discrete space: give up after this many
+# the spec's `search` keys; the ranking sweep knows these and its own (ml/ranking/sweep.py)
+SEARCH_KEYS = frozenset(
+    {"families", "windows", "recency_half_lives", "trials", "seconds", "seed", "n_jobs", "max_rows"}
+)
 
 
 @dataclass(frozen=True)
@@ -61,16 +65,7 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
-        unknown = set(d) - {
-            "families",
-            "windows",
-            "recency_half_lives",
-            "trials",
-            "seconds",
-            "seed",
-            "n_jobs",
-            "max_rows",
-        }
+        unknown = set(d) - SEARCH_KEYS
         if unknown:
             raise ValueError(f"search: unknown keys {sorted(unknown)}")
         families = dict(d.get("families") or {})

@@ -25,6 +25,17 @@ FAMILIES = ("popularity", "item_knn", "ease", "als")
 USER, ITEM, TIME = "user", "item", "event_time"  # the columns `fit` and `history_matrix` read
 SKOPS_TRUSTED_TYPES = ["mlops_assets.ml.ranking.models.Recommender"]
 POPULARITY_TIE_BREAK = 1e-6  # popularity added to every score: ties and unscored items fall back to it
+# what `fit` learns, shared (never copied) by a blended twin; `prior` is the twin's own
+FITTED_STATE = (
+    "item_ids",
+    "popularity",
+    "n_train",
+    "cutoff",
+    "neighbour_idx",
+    "neighbour_sim",
+    "weights",
+    "item_factors",
+)
 MAX_ITEMS = 20_000  # dense item x item state (KNN, EASE): beyond this, keep the most popular items
 
 
@@ -114,9 +125,8 @@ class Recommender:
             half_life_days=self.half_life_days,
             seed=self.seed,
         )
-        for name in ("item_ids", "popularity", "n_train", "cutoff", "neighbour_idx", "neighbour_sim"):
+        for name in FITTED_STATE:
             setattr(twin, name, getattr(self, name))
-        twin.weights, twin.item_factors = self.weights, self.item_factors
         twin._fit_prior(interactions, pd.Timestamp(self.cutoff))
         return twin
 

@@ -18,23 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlops_assets.ml import automl
 from mlops_assets.ml.automl import TrialResult
 from mlops_assets.ml.cost import Stopwatch
 from mlops_assets.ml.ranking.metrics import evaluate_days, metric_column
 from mlops_assets.ml.ranking.models import FAMILIES, Recommender
 
-SEARCH_KEYS = {
-    "families",
-    "windows",
-    "recency_half_lives",
-    "trials",
-    "seconds",
-    "seed",
-    "n_jobs",
-    "max_rows",
-    "blends",
-    "blend_windows",
-}
+SEARCH_KEYS = automl.SEARCH_KEYS | {"blends", "blend_windows"}
 COLLABORATIVE = ("item_knn", "ease", "als")  # the families a blend of recent popularity applies to
 
 
