@@ -280,7 +280,7 @@ def serve_day(
         )
     model = registry.load_champion(champion)
     history = history_before(spec, store, day)
-    lists = recommend_ids(model, history, users, spec.ranking.k)
+    lists = recommend_ids(model, history, users, spec.ranking.k, as_of=day)
     frame = pd.DataFrame(
         [
             {"user": u, "rank": r + 1, "item": item, "model_version": champion.version}

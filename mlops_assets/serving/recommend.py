@@ -14,10 +14,12 @@ import time
 from typing import Any
 
 import duckdb
+import pandas as pd
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from mlops_assets.config import DatasetSpec
+from mlops_assets.ml.ranking.models import ITEM, TIME, LiveCatalogue, Recommender, recommend_for_user
 from mlops_assets.serving.model_watcher import ChampionWatcher
 from mlops_assets.storage.feature_sql import EVERYTHING, FeatureStoreApi, _q
 from mlops_assets.storage.feature_store import FeatureStore, is_lock_error
@@ -41,22 +43,16 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
 
 
-def all_histories(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float) -> dict[str, list[str]]:
-    """Every user's items so far, waiting briefly for the pipeline's writer on the DuckDB file; past the wait
-    the client gets a 503 to retry, never a request held for a write."""
-    assert spec.ranking is not None
+def _query(store: FeatureStoreApi, sql: str, lock_wait: float) -> list[tuple[Any, ...]]:
+    """Rows of `sql` over the feature store, waiting briefly for the pipeline's writer on the DuckDB file;
+    past the wait the client gets a 503 to retry, never a request held for a write."""
     if isinstance(store, FeatureStore) and not store.path.exists():
         raise HTTPException(503, f"no feature store at {store.path} yet: materialize the features first")
-    user, item = _q(spec.ranking.user), _q(spec.ranking.item)
-    sql = (
-        f"SELECT CAST({user} AS VARCHAR) AS u, list(DISTINCT CAST({item} AS VARCHAR)) AS items FROM features GROUP BY 1"
-    )
     deadline, delay = time.monotonic() + lock_wait, 0.02
     while True:
         try:
             with store._reading(features=EVERYTHING) as con:  # type: ignore[attr-defined]
-                rows = con.execute(sql).fetchall()
-                return {str(u): list(items) for u, items in rows}
+                return con.execute(sql).fetchall()
         except duckdb.CatalogException as exc:
             raise HTTPException(503, f"the feature store has no interactions yet ({exc})") from exc
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
@@ -66,14 +62,42 @@ def all_histories(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float) -
             delay *= 2
 
 
+def all_histories(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float) -> dict[str, list[str]]:
+    """Every user's items so far."""
+    assert spec.ranking is not None
+    user, item = _q(spec.ranking.user), _q(spec.ranking.item)
+    sql = (
+        f"SELECT CAST({user} AS VARCHAR) AS u, list(DISTINCT CAST({item} AS VARCHAR)) AS items FROM features GROUP BY 1"
+    )
+    return {str(u): list(items) for u, items in _query(store, sql, lock_wait)}
+
+
+def recent_interactions(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float, days: int) -> pd.DataFrame:
+    """The items and times of the last `days` days of interactions, from which a blended champion takes its
+    recent shares (`Recommender.live_catalogue`) as the batch lists do."""
+    assert spec.ranking is not None
+    item = _q(spec.ranking.item)
+    sql = (
+        f"SELECT CAST({item} AS VARCHAR), event_time FROM features "
+        f"WHERE event_day > (SELECT max(event_day) FROM features) - INTERVAL {int(days)} DAY"
+    )
+    rows = _query(store, sql, lock_wait)
+    return pd.DataFrame(
+        {ITEM: [r[0] for r in rows], TIME: pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object))}
+    )
+
+
 class HistoryIndex:
     """Users' histories in memory, reloaded when the store changes: a DuckDB file connection costs 100+ ms
     (more while the pipeline writes), which no per-request latency budget affords. The DuckDB file is checked
-    by its modification time at most every `check_seconds`; another backend is reloaded on that period."""
+    by its modification time at most every `check_seconds`; another backend is reloaded on that period. A
+    blended champion's live catalogue (recent shares as of the day after the newest interaction) is built
+    once per reload and model."""
 
     def __init__(self, spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float, check_seconds: float = 1.0):
         self.spec, self.store, self.lock_wait, self.check_seconds = spec, store, lock_wait, check_seconds
         self._histories: dict[str, list[str]] | None = None
+        self._live: tuple[Recommender, LiveCatalogue | None] | None = None
         self._stamp: float | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -90,16 +114,37 @@ class HistoryIndex:
             )
         return time.monotonic() // max(self.check_seconds, 1e-3)
 
-    def items_of(self, user_id: str) -> list[str]:
+    def _refresh(self) -> None:
         now = time.monotonic()
+        if self._histories is None or now - self._checked >= self.check_seconds:
+            self._checked = now
+            stamp = self._version()
+            if self._histories is None or stamp != self._stamp:
+                self._histories = all_histories(self.spec, self.store, self.lock_wait)
+                self._live = None
+                self._stamp = stamp
+
+    def items_of(self, user_id: str) -> list[str]:
         with self._lock:
-            if self._histories is None or now - self._checked >= self.check_seconds:
-                self._checked = now
-                stamp = self._version()
-                if self._histories is None or stamp != self._stamp:
-                    self._histories = all_histories(self.spec, self.store, self.lock_wait)
-                    self._stamp = stamp
+            self._refresh()
+            assert self._histories is not None
             return self._histories.get(user_id, [])
+
+    def live_catalogue(self, model: Recommender) -> LiveCatalogue | None:
+        """The catalogue `model` scores today: its own, or for a blend its own plus the recent items."""
+        with self._lock:
+            self._refresh()
+            if self._live is not None and self._live[0] is model:
+                return self._live[1]
+            live = None
+            if model.blends:
+                days = int(model.params.get("blend_window", 30))
+                recent = recent_interactions(self.spec, self.store, self.lock_wait, days)
+                if len(recent):
+                    as_of = pd.Timestamp(recent[TIME].max()).normalize() + pd.Timedelta(days=1)
+                    live = model.live_catalogue(recent, as_of)
+            self._live = (model, live)
+            return live
 
 
 def recommend_router(
@@ -112,8 +157,6 @@ def recommend_router(
     @router.get("/recommend/{user_id}", response_model=RecommendResponse)
     def recommend(user_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> Any:
         """The champion's top k for `user_id`, seen items excluded; cold-start users get popular items."""
-        from mlops_assets.ml.ranking.models import Recommender, recommend_for_user
-
         if spec.task != "ranking":
             raise HTTPException(404, f"{spec.name} is a {spec.task} dataset, not a recommender: use /predict")
         served = watcher.current
@@ -125,7 +168,7 @@ def recommend_router(
         if not isinstance(model, Recommender):
             raise HTTPException(500, f"model v{served.version} is not a recommender ({type(model).__name__})")
         seen = index.items_of(user_id)
-        items = recommend_for_user(model, seen, k)
+        items = recommend_for_user(model, seen, k, index.live_catalogue(model))
         return RecommendResponse(
             model_name=served.name,
             model_version=served.version,

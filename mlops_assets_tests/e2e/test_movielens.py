@@ -5,19 +5,25 @@ summary compares continuous training with the fixed strategies, and the API reco
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
 from mlops_assets.cli import main
 from mlops_assets.config import SPECS_DIR, Settings, load_spec
+from mlops_assets.defs.ranking import history_before
 from mlops_assets.defs.resources import ModelRegistryResource
+from mlops_assets.ml.ranking.models import Recommender, recommend_for_user, recommend_ids
 from mlops_assets.serving.app import create_app
+from mlops_assets.serving.recommend import HistoryIndex
 
 pytestmark = pytest.mark.e2e
 MOVIELENS = SPECS_DIR / "movielens.yaml"
+LAST = dt.date(1997, 9, 23)  # the fourth day replayed
 
 
 def test_movielens_replay_bandage_then_a_better_recommender(
@@ -66,3 +72,18 @@ def test_movielens_replay_bandage_then_a_better_recommender(
         cold = client.get("/recommend/no-such-user?k=3").json()
         assert cold["cold_start"] and len(cold["items"]) == 3
         assert client.get("/recommend/1?k=0").status_code == 422
+        store = client.app.state.feature_store  # type: ignore[attr-defined]
+
+    # A blended champion serves online what the batch lists would serve the next day: its recent shares as of
+    # the day after the newest interaction, items born after its fit included
+    model = registry.load_champion(champion)
+    if model.family == "popularity":
+        model = Recommender("item_knn", {"neighbours": 20}).fit(history_before(spec, store, LAST), pd.Timestamp(LAST))
+    after = LAST + dt.timedelta(days=1)
+    history = history_before(spec, store, after)
+    blend = model.blended(history, 2.0, 2)
+    live = HistoryIndex(spec, store, 1.0).live_catalogue(blend)
+    assert live is not None and len(live.item_ids) >= blend.n_items
+    for user in ("1", "no-such-user", str(history["user"].iloc[-1])):
+        seen = sorted(set(history.loc[history["user"] == user, "item"]))
+        assert recommend_for_user(blend, seen, 5, live) == recommend_ids(blend, history, [user], 5, as_of=after)[0]

@@ -307,3 +307,39 @@ def test_the_sweep_tries_blends_on_its_best_collaborative_trial_after_the_same_d
     )
     with pytest.raises(ValueError, match=r"search\.blends"):
         RankingSpace.from_dict({**raw, "blends": [0.0]})
+
+
+def test_a_blend_takes_its_recent_shares_on_the_day_it_serves_and_can_recommend_items_born_after_its_fit() -> None:
+    """A week after the fit, the blend scores with the shares of the week before the day served (a query, not
+    a fit): a film born since and drawing everyone's attention is recommended, to returning and new users
+    alike, by the batch lists and by the online path; without a day served the fit's own prior is used."""
+    rows = _interactions(6)
+    cutoff = pd.Timestamp("2024-01-11")
+    model = Recommender("item_knn", {"neighbours": 5, "blend": 4.0, "blend_window": 3}).fit(rows, cutoff)
+    rng = np.random.default_rng(0)
+    later = pd.DataFrame(
+        {
+            "user": rng.integers(0, 40, 60).astype(str),
+            "item": ["premiere"] * 60,
+            "event_time": pd.Timestamp("2024-01-15") + pd.to_timedelta(rng.integers(0, 3 * 86400, 60), unit="s"),
+        }
+    ).drop_duplicates(["user", "item"])
+    later["event_day"] = later["event_time"].dt.date
+    before = pd.concat([rows, later], ignore_index=True)  # everything before the day served
+    served = pd.Timestamp("2024-01-18")
+    assert "premiere" not in set(model.item_ids)
+    live = model.live_catalogue(before, served)
+    assert live is not None and list(live.item_ids[: model.n_items]) == list(model.item_ids)
+    recent = before[before["event_time"] >= served - pd.Timedelta(days=3)]["item"].value_counts()
+    assert np.allclose(live.prior, recent.reindex(live.item_ids, fill_value=0).to_numpy() / recent.sum())
+    fans = set(later["user"])
+    returning = sorted(set(rows["user"]) - fans)[:3]
+    lists = recommend_ids(model, before, [*returning, "someone new"], 5, as_of=served)
+    assert all(lst[0] == "premiere" for lst in lists), lists
+    assert all("premiere" not in lst for lst in recommend_ids(model, before, returning, 5))  # the fit's prior
+    fan = sorted(fans)[0]
+    assert "premiere" not in recommend_ids(model, before, [fan], 5, as_of=served)[0]  # seen: excluded
+    for user in [*returning, fan, "someone new"]:
+        seen = sorted(set(before.loc[before["user"] == user, "item"]))
+        assert recommend_for_user(model, seen, 5, live) == recommend_ids(model, before, [user], 5, as_of=served)[0]
+    assert Recommender("popularity").fit(rows, cutoff).live_catalogue(before, served) is None

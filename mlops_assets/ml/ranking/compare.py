@@ -54,7 +54,7 @@ def judge_fixed_rows(
                 models[name] = Recommender(fam, params, window_days=window).fit(history, pd.Timestamp(d))
             cpu[name] += sw.cpu_seconds
         for name, model in models.items():
-            lists = dict(zip(users, recommend_ids(model, history, users, k), strict=True))
+            lists = dict(zip(users, recommend_ids(model, history, users, k, as_of=d), strict=True))
             out.append(score_lists(d, lists, truth, returning, k).assign(row=name))
     return (pd.concat(out, ignore_index=True) if out else pd.DataFrame()), cpu
 

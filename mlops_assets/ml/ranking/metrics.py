@@ -128,7 +128,7 @@ def evaluate_days(
         if not truth:
             continue
         users = sorted(truth)
-        lists = dict(zip(users, recommend_ids(model, history, users, k), strict=True))
+        lists = dict(zip(users, recommend_ids(model, history, users, k, as_of=d), strict=True))
         returning = set(history[USER].astype(str)) & set(users)
         scored = score_lists(d, lists, truth, returning, k)
         per_user.append(scored)
