@@ -6,7 +6,8 @@ collaborative family with recent popularity.
 
 Each model is fit on every interaction before the first day of a block and serves the block's days; a day's
 lists come from the interactions before it and are judged as the replay judges them (`evaluate_days`: a user
-is judged on a day they rate a film they had not rated before 4 or 5, seen films excluded). Printed: NDCG@10
+is judged on a day they rate a film they had not rated before 4 or 5, seen films excluded); a blend takes its
+recent shares on each day served, as the replay and `/recommend` do. Printed: NDCG@10
 over the same (user, day) pairs for every row, and each row against popularity of the last 30 days (on a
 split by time the strongest fixed recommender here, which is what a blend is meant to beat). The fixed
 hyper-parameters are the ones the shipped sweep draws from; this is a check of the families, not a sweep.

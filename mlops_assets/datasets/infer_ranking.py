@@ -152,5 +152,9 @@ def infer_ranking_spec(
             "windows": [None, 30],
             "recency_half_lives": [None, 14],
             "families": families,
+            # recent popularity blended into the best collaborative trial, its shares taken on the day served
+            # (README, "The recommender"): one evaluation per weight, no extra fit
+            "blends": [2.0, 4.0],
+            "blend_windows": [_clamp(30, 1, max(1, n_days // 4))],
         },
     }

@@ -4,7 +4,8 @@ endpoints of the same service.
 The list is the one `batch_predictions` would serve: the model the `champion` alias names (swapped between
 requests by the service's watcher, never during one), scoring the user's interactions so far read from the
 feature store, items the user already interacted with excluded. A user the store has never seen is a cold
-start and gets the popular items of the model's training window. The answer names the model version.
+start and gets the popular items of the model's training window (a blend: the recent shares as of today, as
+the batch lists take them). The answer names the model version.
 """
 
 from __future__ import annotations

@@ -83,6 +83,8 @@ def test_init_writes_a_ranking_spec_that_validates(tmp_path: Path, capsys: pytes
     spec = load_spec(out)
     assert spec.ranking is not None and spec.ranking.relevance_threshold == 4.0 and spec.metric == "ndcg"
     assert set(spec.search["families"]) == {"popularity", "item_knn", "ease", "als"}
+    # blends of recent popularity tried on the best collaborative trial, over a window the 20 days can hold
+    assert spec.search["blends"] == [2.0, 4.0] and spec.search["blend_windows"] == [5]
     # the cost-aware policy, priced on NDCG@10's scale: 0.01 lost for a day costs one CPU-second
     assert spec.policy.decision == "cost" and spec.policy.cost.staleness_price == 100.0
     assert spec.policy.cooldown_days == 0 and spec.policy.max_per_week == 7

@@ -342,4 +342,23 @@ def test_a_blend_takes_its_recent_shares_on_the_day_it_serves_and_can_recommend_
     for user in [*returning, fan, "someone new"]:
         seen = sorted(set(before.loc[before["user"] == user, "item"]))
         assert recommend_for_user(model, seen, 5, live) == recommend_ids(model, before, [user], 5, as_of=served)[0]
-    assert Recommender("popularity").fit(rows, cutoff).live_catalogue(before, served) is None
+    assert Recommender("item_knn", {"neighbours": 5}).fit(rows, cutoff).live_catalogue(before, served) is None
+
+
+@pytest.mark.parametrize(("window", "half_life"), [(None, None), (3, None), (5, 2.0)])
+def test_popularity_serves_what_a_refit_that_morning_would(window: int | None, half_life: float | None) -> None:
+    """A popularity model counts its window on the day served: a week-old fit lists exactly what a refit that
+    morning lists, new films included, for batch lists and the online path; without a day it serves its fit."""
+    rows = _interactions(7, n=600)
+    served = pd.Timestamp("2024-01-09")
+    old = Recommender("popularity", window_days=window, half_life_days=half_life).fit(rows, pd.Timestamp("2024-01-03"))
+    fresh = Recommender("popularity", window_days=window, half_life_days=half_life).fit(rows, served)
+    before = rows[rows["event_time"] < served]
+    users = [*sorted(before["user"].unique())[:6], "someone new"]
+    assert recommend_ids(old, before, users, 5, as_of=served) == recommend_ids(fresh, before, users, 5)
+    live = old.live_catalogue(before, served)
+    assert live is not None and list(live.item_ids) == list(fresh.item_ids)
+    for user in users:
+        seen = sorted(set(before.loc[before["user"] == user, "item"]))
+        assert recommend_for_user(old, seen, 5, live) == recommend_for_user(fresh, seen, 5)
+    assert recommend_ids(old, before, users, 5) != recommend_ids(fresh, before, users, 5)
