@@ -4,8 +4,8 @@ endpoints of the same service.
 The list is the one `batch_predictions` would serve: the model the `champion` alias names (swapped between
 requests by the service's watcher, never during one), scoring the user's interactions so far read from the
 feature store, items the user already interacted with excluded. A user the store has never seen is a cold
-start and gets the popular items of the model's training window (a blend: the recent shares as of today, as
-the batch lists take them). The answer names the model version.
+start and gets the popular items of the model's training window (popularity and a blend count their window as
+of today, as the batch lists do). The answer names the model version.
 """
 
 from __future__ import annotations
@@ -73,15 +73,14 @@ def all_histories(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float) -
     return {str(u): list(items) for u, items in _query(store, sql, lock_wait)}
 
 
-def recent_interactions(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float, days: int) -> pd.DataFrame:
-    """The items and times of the last `days` days of interactions, from which a blended champion takes its
-    recent shares (`Recommender.live_catalogue`) as the batch lists do."""
+def recent_interactions(spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float, days: int | None) -> pd.DataFrame:
+    """The items and times of the last `days` days of interactions (None: all), which a popularity or blended
+    champion counts (`Recommender.live_catalogue`) as the batch lists do."""
     assert spec.ranking is not None
     item = _q(spec.ranking.item)
-    sql = (
-        f"SELECT CAST({item} AS VARCHAR), event_time FROM features "
-        f"WHERE event_day > (SELECT max(event_day) FROM features) - INTERVAL {int(days)} DAY"
-    )
+    sql = f"SELECT CAST({item} AS VARCHAR), event_time FROM features"
+    if days is not None:
+        sql += f" WHERE event_day > (SELECT max(event_day) FROM features) - INTERVAL {int(days)} DAY"
     rows = _query(store, sql, lock_wait)
     return pd.DataFrame(
         {ITEM: [r[0] for r in rows], TIME: pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object))}
@@ -92,8 +91,8 @@ class HistoryIndex:
     """Users' histories in memory, reloaded when the store changes: a DuckDB file connection costs 100+ ms
     (more while the pipeline writes), which no per-request latency budget affords. The DuckDB file is checked
     by its modification time at most every `check_seconds`; another backend is reloaded on that period. A
-    blended champion's live catalogue (recent shares as of the day after the newest interaction) is built
-    once per reload and model."""
+    champion's live catalogue (what popularity or a blend counts, as of the day after the newest interaction)
+    is built once per reload and model."""
 
     def __init__(self, spec: DatasetSpec, store: FeatureStoreApi, lock_wait: float, check_seconds: float = 1.0):
         self.spec, self.store, self.lock_wait, self.check_seconds = spec, store, lock_wait, check_seconds
@@ -132,15 +131,15 @@ class HistoryIndex:
             return self._histories.get(user_id, [])
 
     def live_catalogue(self, model: Recommender) -> LiveCatalogue | None:
-        """The catalogue `model` scores today: its own, or for a blend its own plus the recent items."""
+        """What `model` counts today (popularity, a blend's shares), as of the day after the newest interaction;
+        None for a model that counts nothing."""
         with self._lock:
             self._refresh()
             if self._live is not None and self._live[0] is model:
                 return self._live[1]
             live = None
-            if model.blends:
-                days = int(model.params.get("blend_window", 30))
-                recent = recent_interactions(self.spec, self.store, self.lock_wait, days)
+            if model.counts_live:
+                recent = recent_interactions(self.spec, self.store, self.lock_wait, model.live_window_days)
                 if len(recent):
                     as_of = pd.Timestamp(recent[TIME].max()).normalize() + pd.Timedelta(days=1)
                     live = model.live_catalogue(recent, as_of)

@@ -165,6 +165,16 @@ class Recommender:
     def blends(self) -> bool:
         return self.family != "popularity" and float(self.params.get("blend", 0.0)) > 0
 
+    @property
+    def counts_live(self) -> bool:
+        """Whether `live_catalogue` has something to count on the day served (popularity, a blend)."""
+        return self.family == "popularity" or self.blends
+
+    @property
+    def live_window_days(self) -> int | None:
+        """The days before the day served that `live_catalogue` counts (None: all of them)."""
+        return self.window_days if self.family == "popularity" else int(self.params.get("blend_window", 30))
+
     def live_catalogue(self, interactions: pd.DataFrame, as_of: pd.Timestamp | None) -> LiveCatalogue | None:
         """What the model counts on the day served, from the interactions before it: for popularity its whole
         state (the window's recency-weighted counts, exactly what a refit that morning would learn), for a blend
@@ -175,15 +185,14 @@ class Recommender:
         for it served weeks of last month's films (0.11 to 0.15 NDCG@10 against 0.18 to 0.24 refit daily);
         with weekly refits a blend's prior taken each morning serves 0.2137 against 0.2098 frozen at the fit
         (popularity of the last 30 days refit every morning: 0.2086). Films born since the fit are scored too."""
-        if as_of is None or not (self.family == "popularity" or self.blends):
+        if as_of is None or not self.counts_live:
             return None
         as_of = pd.Timestamp(as_of)
+        rows = window(interactions, as_of, self.live_window_days)
         if self.family == "popularity":
-            rows = window(interactions, as_of, self.window_days)
             counts = _weighted_counts(rows, as_of, self.half_life_days)
             ids = np.asarray(counts.index, dtype=str)
         else:
-            rows = window(interactions, as_of, int(self.params.get("blend_window", 30)))
             counts = rows[ITEM].astype(str).value_counts()
             new = counts.index[~counts.index.isin(self.item_ids)]
             ids = np.concatenate([self.item_ids, np.asarray(new, dtype=str)]) if len(new) else self.item_ids
