@@ -234,8 +234,11 @@ class ShadowRefits:
         return out
 
     def close(self) -> None:
+        """Let the worker go; a fit still running is killed, not awaited (a stopped replay does not wait for
+        it). The kill is waited for: done on loky's management thread without waiting, it never ran when the
+        process exited right after a SIGTERM, and the worker outlived the replay as an orphan."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, kill_workers=True)  # a stopped replay does not wait for a fit
+            self._pool.shutdown(wait=True, kill_workers=True)
             self._pool = None
 
 
