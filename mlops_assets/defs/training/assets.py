@@ -155,15 +155,19 @@ def fit_recipe_on(spec: DatasetSpec, frame: pd.DataFrame, recipe: Recipe, *, unt
     return Fitted(model, n_rows, sw.cpu_seconds, sw.wall_seconds)
 
 
-def log_fitted(spec: DatasetSpec, model: Any, name: str, example: pd.DataFrame) -> Any:
-    """Log a fitted model of either task to the active MLflow run."""
+def log_fitted(spec: DatasetSpec, model: Any, name: str, example: pd.DataFrame, tracking_uri: str) -> tuple[Any, str]:
+    """Log a fitted model of either task to the active MLflow run; its model info and the checksum of the
+    stored artifact. A tabular model is kept in memory under that checksum (`artifact_digest`), so the
+    steps after it in this process verify the artifact without deserializing it again."""
     if spec.task == "ranking":
         from mlops_assets.ml.ranking.models import log_recommender
 
-        return log_recommender(model, name=name)
+        info = log_recommender(model, name=name)
+        return info, artifact_digest(info.model_uri, tracking_uri)
     from mlops_assets.ml.models import log_model
 
-    return log_model(model, name=name, input_example=example[spec.feature_names].head(5))
+    info = log_model(model, name=name, input_example=example[spec.feature_names].head(5))
+    return info, artifact_digest(info.model_uri, tracking_uri, logged=model)
 
 
 def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
@@ -285,8 +289,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         mlflow_lib.log_metrics(
             {"cpu_seconds": fitted.cpu_seconds, "wall_seconds": fitted.wall_seconds, "n_train": fitted.rows}
         )
-        info = log_fitted(ds, fitted.model, "model", split_days(frame, ds)["valid"])
-        model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
+        info, model_sha = log_fitted(ds, fitted.model, "model", split_days(frame, ds)["valid"], registry.tracking_uri)
         context.log.info(f"refit {recipe.family} on {fitted.rows} rows: {fitted.cpu_seconds:.1f} CPU-s")
         pointer = {
             "model_uri": info.model_uri,
@@ -412,7 +415,7 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         best = result.best
         example = parts["valid"][ds.feature_names].head(5)
         info = log_model(result.best_model, name="model", input_example=example)
-        model_sha = artifact_digest(info.model_uri, registry.tracking_uri)
+        model_sha = artifact_digest(info.model_uri, registry.tracking_uri, logged=result.best_model)
         mlflow_lib.log_metrics(
             {
                 f"best_{ds.metric}": float(best.score or 0.0),
@@ -581,9 +584,8 @@ def build_training(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
         except CPUBudgetExceeded as exc:
             raise _budget_failure(exc, str(candidate_models.get("kind", "sweep"))) from exc
         with reopened_run(registry.tracking_uri, candidate_models["run_id"]):
-            info = log_fitted(ds, fitted.model, "served_model", frame)
+            info, sha = log_fitted(ds, fitted.model, "served_model", frame, registry.tracking_uri)
             mlflow_lib.log_metrics({"served_fit_cpu_seconds": fitted.cpu_seconds, "served_fit_rows": fitted.rows})
-        sha = artifact_digest(info.model_uri, registry.tracking_uri)
         context.log.info(
             f"promoted recipe refit on every row through the hold-out: {fitted.rows} rows, "
             f"{fitted.cpu_seconds:.1f} CPU-s; this fit serves"
