@@ -158,7 +158,7 @@ def validate_day(
     if problems:
         return _reject_day(day, rows, problems, "schema change")
 
-    typed = pd.DataFrame(index=rows.index)
+    casts: dict[str, pd.Series] = {}  # one frame built at the end: a column inserted at a time costs ~1 ms each
     reasons: list[list[str]] = [[] for _ in range(len(rows))]
 
     def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
@@ -212,10 +212,11 @@ def validate_day(
                 flag(cast > rule.max, f"{col}: above max {rule.max:g}")
         if rule.values is not None:
             flag(cast.notna() & ~cast.isin(rule.values), f"{col}: not one of {rule.values}")
-        typed[col] = cast
+        casts[col] = cast
 
     if problems:
         return _reject_day(day, rows, problems, "type change or null flood")
+    typed = pd.DataFrame(casts, index=rows.index)
 
     if EVENT_TIME_COLUMN in rows:
         et = pd.to_datetime(rows[EVENT_TIME_COLUMN], errors="coerce")
@@ -253,15 +254,17 @@ def validate_day(
 
     text = pd.Series([REASON_SEPARATOR.join(r) for r in reasons], index=rows.index)
     accepted_mask = text == ""
-    accepted = pd.DataFrame(index=rows.index[accepted_mask])
+    kept = typed.loc[accepted_mask]
+    columns: dict[str, pd.Series] = {}
     for col, rule in spec.schema_.items():
-        values = typed.loc[accepted_mask, col]
+        values = kept[col]
         if rule.type == "int" and not rule.nullable:
-            accepted[col] = values.astype("int64")
+            columns[col] = values.astype("int64")
         elif rule.type in ("int", "float", "timestamp"):
-            accepted[col] = values
+            columns[col] = values
         else:
-            accepted[col] = values.astype(object)
+            columns[col] = values.astype(object)
+    accepted = pd.DataFrame(columns, index=kept.index)
     quarantined = rows.loc[~accepted_mask].assign(**{REASON_COLUMN: text[~accepted_mask]})
     return ValidationOutcome(day, accepted.reset_index(drop=True), quarantined.reset_index(drop=True), problems)
 

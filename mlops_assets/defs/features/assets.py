@@ -3,6 +3,7 @@
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 
 from mlops_assets.config import DatasetSpec, Settings
 from mlops_assets.defs import names
@@ -76,7 +77,13 @@ def build_features(spec: DatasetSpec, settings: Settings) -> dg.Definitions:
                 problems.append(f"{day}: {missing_rows} raw rows produced no feature row (duplicate entity+time)")
             if mostly_null:
                 context.log.warning(f"{day}: features mostly null: {mostly_null}")
-            numeric = feats[spec.numeric_features].describe().T[["mean", "std", "min", "max"]] if len(feats) else None
+            # the four figures the UI shows, not `describe()`: its quantiles cost ~60 ms a day on 28 columns
+            num = feats[spec.numeric_features].select_dtypes("number")
+            numeric = (
+                pd.DataFrame({"mean": num.mean(), "std": num.std(), "min": num.min(), "max": num.max()})
+                if len(feats)
+                else None
+            )
             checks = [
                 dg.AssetCheckResult(
                     check_name="features_complete",
