@@ -73,6 +73,11 @@ def test_each_family_round_trips_through_mlflow(task: str, family: str, tmp_path
     text = mlmodel.read_text()
     assert "serialization_format: skops" in text and "cloudpickle" not in text
     assert info.signature is not None
+    # logged without MLflow's pyfunc re-load of the example, the example is still there and still serves
+    assert (mlmodel.parent / "serving_input_example.json").is_file()
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    served = mlflow.pyfunc.load_model(info.model_uri).predict(X.head(3))
+    assert len(np.asarray(served)) == 3
 
 
 def test_unseen_and_missing_categories_are_scored() -> None:
