@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,21 +76,25 @@ class _ByDigest:
     def __init__(self, size: int) -> None:
         self.size = size
         self.models: dict[str, Any] = {}
+        self.lock = threading.Lock()  # the online API's model watcher loads beside the request threads
 
     def get(self, digest: str) -> Any:
-        model = self.models.pop(digest, None)
-        if model is not None:
-            self.models[digest] = model
-        return model
+        with self.lock:
+            model = self.models.pop(digest, None)
+            if model is not None:
+                self.models[digest] = model
+            return model
 
     def put(self, digest: str, model: Any) -> None:
-        self.models.pop(digest, None)
-        self.models[digest] = model
-        while len(self.models) > self.size:
-            self.models.pop(next(iter(self.models)))
+        with self.lock:
+            self.models.pop(digest, None)
+            self.models[digest] = model
+            while len(self.models) > self.size:
+                self.models.pop(next(iter(self.models)))
 
     def clear(self) -> None:
-        self.models.clear()
+        with self.lock:
+            self.models.clear()
 
 
 _DESERIALIZED = _ByDigest(8)
