@@ -168,9 +168,8 @@ class _SklearnWithoutServingCheck:
     `Model.log` reads from its keyword arguments but also hands to the flavor's `save_model`, which does not
     accept it. The check it turns off loads the model back through pyfunc and predicts the example: a third
     deserialization per logged model (the save already round-trips it through skops), ~0.2 s for a boosted
-    model, and every serving path here loads through `load_model` and its own proof instead."""
-
-    __name__ = "mlflow.sklearn"
+    model, and every serving path here loads through `load_model` and its own proof instead. The artifact is
+    exactly `mlflow.sklearn`'s: the flavors in its MLmodel file are written by `mlflow.sklearn.save_model`."""
 
     @staticmethod
     def save_model(*, validate_serving_input: bool = True, **kwargs: Any) -> Any:
