@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,28 +70,28 @@ class VerifiedModel:
 
 
 class _ByDigest:
-    """Deserialized models by the checksum of their artifact's bytes, most recent last. A model reaches the
-    same process under several URIs (its logged-model URI, then `models:/name/version`); the bytes are
-    verified under each, but deserialized (skops: ~0.1-0.3 s for a boosted model) once."""
+    """Deserialized models by the checksum of their artifact's bytes, least recently used first. A model
+    reaches the same process under several URIs (its logged-model URI, then `models:/name/version`); the bytes
+    are verified under each, but deserialized (skops: ~0.1-0.3 s for a boosted model) once."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.models: dict[str, Any] = {}
+        self.models: OrderedDict[str, Any] = OrderedDict()
         self.lock = threading.Lock()  # the online API's model watcher loads beside the request threads
 
     def get(self, digest: str) -> Any:
         with self.lock:
-            model = self.models.pop(digest, None)
-            if model is not None:
-                self.models[digest] = model
-            return model
+            if digest not in self.models:
+                return None
+            self.models.move_to_end(digest)
+            return self.models[digest]
 
     def put(self, digest: str, model: Any) -> None:
         with self.lock:
-            self.models.pop(digest, None)
             self.models[digest] = model
+            self.models.move_to_end(digest)
             while len(self.models) > self.size:
-                self.models.pop(next(iter(self.models)))
+                self.models.popitem(last=False)
 
     def clear(self) -> None:
         with self.lock:
@@ -100,7 +101,11 @@ class _ByDigest:
 _DESERIALIZED = _ByDigest(8)
 
 
-def _load_verified(model_uri: str, expected_sha256: str, tracking_uri: str) -> VerifiedModel:
+@lru_cache(maxsize=16)
+def load_verified(model_uri: str, expected_sha256: str, tracking_uri: str) -> VerifiedModel:
+    """Download, verify, then load. Cached by (uri, checksum): a daily tick reuses the champion in memory; a
+    URI seen for the first time is always downloaded and verified, its bytes deserialized only if no model
+    with the same checksum is already in memory."""
     from mlops_assets.ml.models import load_model
 
     with downloaded(model_uri, tracking_uri) as local:
@@ -117,20 +122,7 @@ def _load_verified(model_uri: str, expected_sha256: str, tracking_uri: str) -> V
         return VerifiedModel(model_uri, digest, model)
 
 
-_load_verified_cached = lru_cache(maxsize=16)(_load_verified)
-
-
-def load_verified(model_uri: str, expected_sha256: str, tracking_uri: str) -> VerifiedModel:
-    """Download, verify, then load. Cached by (uri, checksum): a daily tick reuses the champion in memory; a
-    URI seen for the first time is always downloaded and verified, its bytes deserialized only if no model
-    with the same checksum is already in memory."""
-    return _load_verified_cached(model_uri, expected_sha256, tracking_uri)
-
-
-def _clear() -> None:
-    """Forget everything verified or deserialized in this process (as a fresh process would start)."""
-    _load_verified_cached.cache_clear()
+def forget_loaded() -> None:
+    """Forget everything verified or deserialized in this process, as a fresh process starts."""
+    load_verified.cache_clear()
     _DESERIALIZED.clear()
-
-
-load_verified.cache_clear = _clear  # type: ignore[attr-defined]

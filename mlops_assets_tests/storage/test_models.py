@@ -15,7 +15,7 @@ import pytest
 
 from mlops_assets.ml import models as ml_models
 from mlops_assets.storage import models as storage_models
-from mlops_assets.storage.models import ArtifactIntegrityError, artifact_digest, load_verified
+from mlops_assets.storage.models import ArtifactIntegrityError, artifact_digest, forget_loaded, load_verified
 
 
 @pytest.fixture
@@ -27,9 +27,9 @@ def tracking(tmp_path: Path) -> Iterator[str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=ensure_experiment(uri, "t", str(tmp_path / "art")))
-    load_verified.cache_clear()  # type: ignore[attr-defined]
+    forget_loaded()
     yield uri
-    load_verified.cache_clear()  # type: ignore[attr-defined]
+    forget_loaded()
 
 
 def _fitted() -> tuple[Any, pd.DataFrame]:
@@ -82,7 +82,7 @@ def test_each_uri_is_verified_and_each_checksum_deserialized_once(
         load_verified(f"models:/m/{version}", "0" * 64, tracking)
 
     # a fresh process deserializes once, then shares it between the two names
-    load_verified.cache_clear()  # type: ignore[attr-defined]
+    forget_loaded()
     first = load_verified(info.model_uri, sha, tracking).model
     second = load_verified(f"models:/m/{version}", sha, tracking).model
     assert loads[0] == 1 and first is second and first is not model
